@@ -1,0 +1,65 @@
+"""Typed wrappers of ``torch.ops.sparsecomp.*`` with their fake (meta) kernels and autograd formulas.
+
+The C++ ops are registered by ``sparsecomp._C``; this module teaches torch.compile their output shapes
+(``register_fake``) and autograd their derivatives (``register_autograd``), so they work in eager mode, under
+``torch.compile(fullgraph=True)`` and in training.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  registers the schemas and kernels
+from .formats.sparse import num_col_tiles
+
+_lib = torch.ops.sparsecomp
+
+
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Tensor,
+                  bias: torch.Tensor | None, in_features: int) -> torch.Tensor:
+    """``x @ W.T + bias`` for a 2-D ``x`` [batch, in_features] and W in tiled-CSR form (formats.sparse)."""
+    return _lib.sparse_linear(x, values, col_idx, row_ptr, bias, in_features)
+
+
+def _rows(row_ptr: torch.Tensor, in_features: int) -> int:
+    return (row_ptr.shape[0] - 1) // num_col_tiles(in_features)
+
+
+@torch.library.register_fake("sparsecomp::sparse_linear")
+def _sparse_linear_fake(x, values, col_idx, row_ptr, bias, in_features):
+    torch._check(x.dim() == 2, lambda: f"sparse_linear: x must be 2-D, got {x.dim()}-D")
+    torch._check(x.shape[1] == in_features, lambda: f"sparse_linear: x must have {in_features} columns")
+    return x.new_empty((x.shape[0], _rows(row_ptr, in_features)))
+
+
+@torch.library.register_fake("sparsecomp::sparse_linear_backward_input")
+def _backward_input_fake(grad_out, values, col_idx, row_ptr, in_features):
+    return grad_out.new_empty((grad_out.shape[0], in_features))
+
+
+@torch.library.register_fake("sparsecomp::sparse_linear_backward_values")
+def _backward_values_fake(grad_out, x, col_idx, row_ptr, in_features):
+    return x.new_empty((col_idx.shape[0],))
+
+
+def _sparse_linear_setup_context(ctx, inputs, output):
+    x, values, col_idx, row_ptr, bias, in_features = inputs
+    ctx.save_for_backward(x, values, col_idx, row_ptr)
+    ctx.in_features = in_features
+    ctx.has_bias = bias is not None
+
+
+def _sparse_linear_backward(ctx, grad_out):
+    x, values, col_idx, row_ptr = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _lib.sparse_linear_backward_input(grad_out, values, col_idx, row_ptr, ctx.in_features)
+    if ctx.needs_input_grad[1]:
+        grad_values = _lib.sparse_linear_backward_values(grad_out, x, col_idx, row_ptr, ctx.in_features)
+    if ctx.has_bias and ctx.needs_input_grad[4]:
+        grad_bias = grad_out.sum(0)
+    return grad_x, grad_values, None, None, grad_bias, None
+
+
+torch.library.register_autograd("sparsecomp::sparse_linear", _sparse_linear_backward,
+                                setup_context=_sparse_linear_setup_context)
