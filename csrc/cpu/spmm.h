@@ -42,6 +42,12 @@ void spmm_rows_avx2(const SparseRows<float>& w, const float* xt, int64_t ldx, in
 void spmm_rows_avx512(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
                       float* y, int64_t ldy, int64_t row_begin, int64_t row_end);
 
+// Packs one batch tile of x ([bt][ld_in] row-major) into xt ([cols][ldx]) for columns [col_begin, col_end),
+// zero-filling the padding columns bt..ldx-1.
+template <typename T>
+void pack_transposed_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int64_t ldx, int64_t col_begin,
+                              int64_t col_end);
+
 // Widest batch tile each path handles in registers (ldx above must not exceed it).
 constexpr int64_t kMaxTileAvx512 = 64;
 constexpr int64_t kMaxTileAvx2 = 32;

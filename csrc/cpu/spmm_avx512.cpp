@@ -43,7 +43,22 @@ inline float gather_dot(const float* vals, const uint16_t* idx, int64_t n, const
 template <int V, int U>
 inline void axpy_rows(const float* vals, const uint16_t* idx, int64_t n, const float* xs, int64_t ldx,
                       __m512 (&acc)[U][V]) {
+  // xt rows are picked at random by the column indices, so the hardware prefetcher cannot help: fetch the
+  // rows kPrefetch nonzeros ahead into L1 ourselves.
+  constexpr int64_t kPrefetch = 16;
   int64_t p = 0;
+  for (; p + U + kPrefetch <= n; p += U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      const float* ahead = xs + static_cast<int64_t>(idx[p + u + kPrefetch]) * ldx;
+#pragma GCC unroll 4
+      for (int i = 0; i < V; ++i) _mm_prefetch(reinterpret_cast<const char*>(ahead + 16 * i), _MM_HINT_T0);
+      const __m512 v = _mm512_set1_ps(vals[p + u]);
+      const float* xr = xs + static_cast<int64_t>(idx[p + u]) * ldx;
+#pragma GCC unroll 4
+      for (int i = 0; i < V; ++i) acc[u][i] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + 16 * i), acc[u][i]);
+    }
+  }
   for (; p + U <= n; p += U) {
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
@@ -102,6 +117,7 @@ void spmv_rows_avx512(const SparseRows<float>& w, const float* x, const float* b
 
 void spmm_rows_avx512(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
                       float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
+  if (ldx <= 8) return spmm_rows_avx2(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);  // half vectors
   switch (ldx / 16) {
     case 1: return spmm_tile<1>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
     case 2: return spmm_tile<2>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);

@@ -41,6 +41,21 @@ void spmm_rows_portable(const SparseRows<T>& w, const T* xt, int64_t ldx, int64_
 }
 
 template <typename T>
+void pack_transposed_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int64_t ldx, int64_t col_begin,
+                              int64_t col_end) {
+  constexpr int64_t kBlock = 16;  // 16 columns x bt samples: reads whole cache lines, writes stay in L1
+  for (int64_t k0 = col_begin; k0 < col_end; k0 += kBlock) {
+    const int64_t k1 = std::min(k0 + kBlock, col_end);
+    for (int64_t j = 0; j < bt; ++j) {
+      const T* src = x + j * ld_in;
+      for (int64_t k = k0; k < k1; ++k) xt[k * ldx + j] = src[k];
+    }
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t j = bt; j < ldx; ++j) xt[k * ldx + j] = T(0);
+  }
+}
+
+template <typename T>
 void spmm_t_rows_portable(const SparseRows<T>& w, const T* grad_yt, int64_t batch, T* grad_xt, int64_t row_begin,
                           int64_t row_end) {
   for (int64_t o = row_begin; o < row_end; ++o) {
@@ -77,6 +92,7 @@ void sddmm_rows_portable(const SparseRows<T>& w, const T* grad_yt, const T* xt, 
   template void spmv_rows_portable<T>(const SparseRows<T>&, const T*, const T*, T*, int64_t, int64_t);           \
   template void spmm_rows_portable<T>(const SparseRows<T>&, const T*, int64_t, int64_t, const T*, T*, int64_t,  \
                                       int64_t, int64_t);                                                          \
+  template void pack_transposed_portable<T>(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t);       \
   template void spmm_t_rows_portable<T>(const SparseRows<T>&, const T*, int64_t, T*, int64_t, int64_t);          \
   template void sddmm_rows_portable<T>(const SparseRows<T>&, const T*, const T*, int64_t, T*, int64_t, int64_t);
 SPARSECOMP_INSTANTIATE(float)

@@ -57,7 +57,12 @@ std::vector<int64_t> balanced_row_bounds(const int64_t* row_ptr, int64_t rows, i
 
 int64_t chunk_count(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)); }
 
-int64_t vector_width(Isa isa) { return isa == Isa::Avx512 ? 16 : (isa == Isa::Avx2 ? 8 : 1); }
+// Row length of a packed batch tile: a multiple of the vector width (8-wide on AVX-512 too for bt <= 8,
+// where the AVX-512 path runs the ymm kernel instead of padding to 16).
+int64_t padded_width(Isa isa, int64_t bt) {
+  const int64_t vec = isa == Isa::Avx512 ? (bt <= 8 ? 8 : 16) : (isa == Isa::Avx2 ? 8 : 1);
+  return (bt + vec - 1) / vec * vec;
+}
 
 int64_t max_tile(Isa isa) {
   return isa == Isa::Avx512 ? cpu::kMaxTileAvx512 : (isa == Isa::Avx2 ? cpu::kMaxTileAvx2 : cpu::kMaxTilePortable);
@@ -104,25 +109,27 @@ void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Ten
 
   // Batch-tiled SpMM: each tile of the input is transposed to [cols][ldx] so one nonzero multiplies a
   // contiguous vector of samples held in registers.
-  const int64_t vec = vector_width(isa);
   const int64_t tile = max_tile(isa);
   const int64_t n_tiles = (batch + tile - 1) / tile;
-  const int64_t last_bt = batch - (n_tiles - 1) * tile;
-  const int64_t ld_full = tile;
-  const int64_t ld_last = (last_bt + vec - 1) / vec * vec;
-  at::Tensor xt = at::zeros({(n_tiles - 1) * w.cols * ld_full + w.cols * ld_last}, x.options());
-  auto tile_ld = [&](int64_t t) { return t + 1 == n_tiles ? ld_last : ld_full; };
-  auto tile_bt = [&](int64_t t) { return t + 1 == n_tiles ? last_bt : tile; };
-  for (int64_t t = 0; t < n_tiles; ++t) {
-    at::Tensor dst = xt.narrow(0, t * w.cols * ld_full, w.cols * tile_ld(t)).view({w.cols, tile_ld(t)});
-    dst.narrow(1, 0, tile_bt(t)).copy_(x.narrow(0, t * tile, tile_bt(t)).t());
-  }
-  const T* xtp = xt.data_ptr<T>();
+  const int64_t cols = w.cols;
+  auto tile_bt = [&](int64_t t) { return std::min(tile, batch - t * tile); };
+  auto tile_ld = [&](int64_t t) { return padded_width(isa, tile_bt(t)); };
+  at::Tensor xt = at::empty({n_tiles * cols * tile}, x.options());
+  T* xtp = xt.data_ptr<T>();
+  constexpr int64_t kPackCols = 256;
+  const int64_t col_blocks = std::max<int64_t>(1, (cols + kPackCols - 1) / kPackCols);
+  at::parallel_for(0, n_tiles * col_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / col_blocks, k0 = (item % col_blocks) * kPackCols;
+      cpu::pack_transposed_portable<T>(xp + t * tile * cols, cols, tile_bt(t), xtp + t * cols * tile, tile_ld(t), k0,
+                                       std::min(cols, k0 + kPackCols));
+    }
+  });
   at::parallel_for(0, n_tiles * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / chunks, c = item % chunks;
-      spmm<T>(isa, w, xtp + t * w.cols * ld_full, tile_ld(t), tile_bt(t), bias, yp + t * tile * rows, rows,
-              bounds[c], bounds[c + 1]);
+      spmm<T>(isa, w, xtp + t * cols * tile, tile_ld(t), tile_bt(t), bias, yp + t * tile * rows, rows, bounds[c],
+              bounds[c + 1]);
     }
   });
 }

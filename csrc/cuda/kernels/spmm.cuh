@@ -39,7 +39,7 @@ constexpr int64_t kSmallBatchMax = 8;
 
 // Elements of T in one 16-byte vector: the leading dimension of xt / yt / gyt must be a multiple of this.
 template <typename T>
-constexpr int64_t vector_width() {
+__host__ __device__ constexpr int64_t vector_width() {
   return 16 / static_cast<int64_t>(sizeof(T));
 }
 
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kSmallThreads)
         for (int j = 0; j < kBT; ++j)
           if (j < bt) acc[j] = fmaf(v, to_float(xs[j * w.cols + c]), acc[j]);
       };
-      if (kVec) {
+      if constexpr (kVec) {
         const int64_t head = min64(end, (begin + 3) & ~int64_t{3});
         const int64_t body_end = max64(head, end & ~int64_t{3});
         if (begin + lane < head) accumulate(to_float(values[begin + lane]), col_idx[begin + lane]);
@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(kScatterThreads)
   }
 }
 
-inline bool aligned_to(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+inline bool aligned_to(const void* p, std::uintptr_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 
 // Smallest power of two >= n, clamped to [1, 32]: the subwarp size that covers n lanes of work.
 inline int subwarp_for(int64_t n) {
@@ -342,6 +342,27 @@ inline int subwarp_for(int64_t n) {
 inline SparseStructure sanitized(SparseStructure w) {
   if (w.cols <= 0) w.nnz = 0;
   return w;
+}
+
+// Grid dimensions are 32-bit; refuse (instead of silently truncating) sizes that do not fit.
+inline bool grid_fits(int64_t blocks) { return blocks <= 0x7fffffff; }
+
+template <int N>
+struct IntConst {
+  static constexpr int value = N;
+};
+
+// Runs f(IntConst<g>{}) for the subwarp size g in {1, 2, 4, 8, 16, 32}, so f can instantiate a kernel on it.
+template <typename F>
+cudaError_t with_subwarp(int g, F&& f) {
+  switch (g) {
+    case 1: return f(IntConst<1>{});
+    case 2: return f(IntConst<2>{});
+    case 4: return f(IntConst<4>{});
+    case 8: return f(IntConst<8>{});
+    case 16: return f(IntConst<16>{});
+    default: return f(IntConst<32>{});
+  }
 }
 
 template <typename T, int kBT>
@@ -358,79 +379,6 @@ cudaError_t launch_small_batch_bt(const T* values, const SparseStructure& w, con
   return cudaGetLastError();
 }
 
-template <typename T, int kG>
-cudaError_t launch_transposed_g(const T* values, const SparseStructure& w, const int32_t* row_order, const T* xt,
-                                int64_t ld, const T* bias, T* yt, cudaStream_t stream) {
-  const int64_t n_btiles = ceil_div(ld, kG * vector_width<T>());
-  const dim3 block(kSpmmThreads);
-  const dim3 grid(static_cast<unsigned>(ceil_div(w.rows, kSpmmThreads / kG)),
-                  static_cast<unsigned>(min64(n_btiles, kMaxGridY)));
-  spmm_transposed_kernel<T, kG><<<grid, block, 0, stream>>>(values, w, row_order, xt, ld, bias, yt);
-  return cudaGetLastError();
-}
-
-template <typename T, int kG>
-cudaError_t launch_sddmm_g(const SparseStructure& w, const T* gyt, const T* xt, int64_t ld, T* grad_values,
-                           cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(w.rows, kSddmmThreads / kWarpSize)));
-  sddmm_kernel<T, kG><<<grid, dim3(kSddmmThreads), 0, stream>>>(w, gyt, xt, ld, grad_values);
-  return cudaGetLastError();
-}
-
-template <typename T, int kG>
-cudaError_t launch_scatter_g(const T* values, const SparseStructure& w, const T* gyt, int64_t batch, float* gxt,
-                             cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(w.rows, kScatterThreads / kWarpSize)));
-  spmm_t_scatter_kernel<T, kG><<<grid, dim3(kScatterThreads), 0, stream>>>(values, w, gyt, batch, gxt);
-  return cudaGetLastError();
-}
-
-// Calls f(std::integral_constant-like tag) for the subwarp size g in {1, 2, ..., 32}.
-template <template <int> class Fn, typename... Args>
-cudaError_t dispatch_subwarp(int g, Args&&... args) {
-  switch (g) {
-    case 1: return Fn<1>::run(args...);
-    case 2: return Fn<2>::run(args...);
-    case 4: return Fn<4>::run(args...);
-    case 8: return Fn<8>::run(args...);
-    case 16: return Fn<16>::run(args...);
-    default: return Fn<32>::run(args...);
-  }
-}
-
-template <typename T>
-struct TransposedFn {
-  template <int kG>
-  struct F {
-    static cudaError_t run(const T* values, const SparseStructure& w, const int32_t* row_order, const T* xt,
-                           int64_t ld, const T* bias, T* yt, cudaStream_t stream) {
-      return launch_transposed_g<T, kG>(values, w, row_order, xt, ld, bias, yt, stream);
-    }
-  };
-};
-
-template <typename T>
-struct SddmmFn {
-  template <int kG>
-  struct F {
-    static cudaError_t run(const SparseStructure& w, const T* gyt, const T* xt, int64_t ld, T* grad_values,
-                           cudaStream_t stream) {
-      return launch_sddmm_g<T, kG>(w, gyt, xt, ld, grad_values, stream);
-    }
-  };
-};
-
-template <typename T>
-struct ScatterFn {
-  template <int kG>
-  struct F {
-    static cudaError_t run(const T* values, const SparseStructure& w, const T* gyt, int64_t batch, float* gxt,
-                           cudaStream_t stream) {
-      return launch_scatter_g<T, kG>(values, w, gyt, batch, gxt, stream);
-    }
-  };
-};
-
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -443,6 +391,8 @@ template <typename T>
 cudaError_t launch_spmm_small_batch(const T* values, const SparseStructure& structure, const T* x, int64_t batch,
                                     const T* bias, T* y, cudaStream_t stream) {
   if (structure.rows <= 0 || batch <= 0) return cudaSuccess;
+  if (!detail::grid_fits(detail::ceil_div(structure.rows, detail::kSmallThreads / kWarpSize)))
+    return cudaErrorInvalidConfiguration;
   const SparseStructure w = detail::sanitized(structure);
   if (batch == 1) return detail::launch_small_batch_bt<T, 1>(values, w, x, batch, bias, y, stream);
   if (batch == 2) return detail::launch_small_batch_bt<T, 2>(values, w, x, batch, bias, y, stream);
@@ -459,9 +409,18 @@ cudaError_t launch_spmm_transposed(const T* values, const SparseStructure& struc
   if (structure.rows <= 0 || ld <= 0) return cudaSuccess;
   if (ld % vector_width<T>() != 0 || !detail::aligned_to(xt, 16) || !detail::aligned_to(yt, 16))
     return cudaErrorInvalidValue;
+  if (structure.cols > 0x7fffffff) return cudaErrorInvalidValue;  // columns are staged as int32
+  const SparseStructure w = detail::sanitized(structure);
   const int g = detail::subwarp_for(ld / vector_width<T>());
-  return detail::dispatch_subwarp<detail::TransposedFn<T>::template F>(g, values, detail::sanitized(structure),
-                                                                       row_order, xt, ld, bias, yt, stream);
+  return detail::with_subwarp(g, [&](auto tag) {
+    constexpr int kG = decltype(tag)::value;
+    const int64_t blocks = detail::ceil_div(w.rows, detail::kSpmmThreads / kG);
+    if (!detail::grid_fits(blocks)) return cudaErrorInvalidConfiguration;
+    const int64_t n_btiles = detail::ceil_div(ld, kG * vector_width<T>());
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(detail::min64(n_btiles, detail::kMaxGridY)));
+    detail::spmm_transposed_kernel<T, kG><<<grid, detail::kSpmmThreads, 0, stream>>>(values, w, row_order, xt, ld, bias, yt);
+    return cudaGetLastError();
+  });
 }
 
 // grad_values [nnz]: grad_values[p] = sum_b gyt[row(p), b] * xt[col(p), b], with gyt [rows, ld], xt [cols, ld],
@@ -473,9 +432,15 @@ cudaError_t launch_sddmm(const SparseStructure& structure, const T* gyt, const T
   if (structure.rows <= 0 || structure.nnz <= 0 || ld <= 0) return cudaSuccess;
   if (ld % vector_width<T>() != 0 || !detail::aligned_to(gyt, 16) || !detail::aligned_to(xt, 16))
     return cudaErrorInvalidValue;
+  const SparseStructure w = detail::sanitized(structure);
+  const int64_t blocks = detail::ceil_div(w.rows, detail::kSddmmThreads / kWarpSize);
+  if (!detail::grid_fits(blocks)) return cudaErrorInvalidConfiguration;
   const int g = detail::subwarp_for(ld / vector_width<T>());
-  return detail::dispatch_subwarp<detail::SddmmFn<T>::template F>(g, detail::sanitized(structure), gyt, xt, ld,
-                                                                  grad_values, stream);
+  return detail::with_subwarp(g, [&](auto tag) {
+    constexpr int kG = decltype(tag)::value;
+    detail::sddmm_kernel<T, kG><<<static_cast<unsigned>(blocks), detail::kSddmmThreads, 0, stream>>>(w, gyt, xt, ld, grad_values);
+    return cudaGetLastError();
+  });
 }
 
 // gxt [cols, batch] += W^T @ gyt with gyt [rows, batch]; gxt is fp32 and must be zeroed (or hold a partial sum)
@@ -484,9 +449,15 @@ template <typename T>
 cudaError_t launch_spmm_t_scatter(const T* values, const SparseStructure& structure, const T* gyt, int64_t batch,
                                   float* gxt, cudaStream_t stream) {
   if (structure.rows <= 0 || structure.nnz <= 0 || batch <= 0) return cudaSuccess;
+  const SparseStructure w = detail::sanitized(structure);
+  const int64_t blocks = detail::ceil_div(w.rows, detail::kScatterThreads / kWarpSize);
+  if (!detail::grid_fits(blocks)) return cudaErrorInvalidConfiguration;
   const int g = detail::subwarp_for(batch);
-  return detail::dispatch_subwarp<detail::ScatterFn<T>::template F>(g, values, detail::sanitized(structure), gyt,
-                                                                    batch, gxt, stream);
+  return detail::with_subwarp(g, [&](auto tag) {
+    constexpr int kG = decltype(tag)::value;
+    detail::spmm_t_scatter_kernel<T, kG><<<static_cast<unsigned>(blocks), detail::kScatterThreads, 0, stream>>>(values, w, gyt, batch, gxt);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace cuda
