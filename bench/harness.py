@@ -40,6 +40,14 @@ class Timing:
     def median_ms(self) -> float:
         return self.median_s * 1e3
 
+    @property
+    def quartiles_ms(self) -> tuple[float, float]:
+        """(25th, 75th) percentile in ms: the spread to read a median against."""
+        if len(self.samples_s) < 2:
+            return (self.median_ms, self.median_ms)
+        q1, _, q3 = statistics.quantiles(self.samples_s, n=4, method="inclusive")
+        return (q1 * 1e3, q3 * 1e3)
+
 
 class ResultMismatch(AssertionError):
     """Two methods that should compute the same function do not."""

@@ -18,6 +18,7 @@ def plot_speedup(rows: list[dict], meta: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")  # files only: no display on benchmark machines
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     batches = sorted({r["batch"] for r in rows})
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
@@ -34,6 +35,7 @@ def plot_speedup(rows: list[dict], meta: dict, path: str | Path) -> Path:
                         marker=marker, linestyle=SHAPE_LINESTYLES[si % len(SHAPE_LINESTYLES)], label=label)
         ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="break-even (dense)")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.set_xlabel("sparsity (fraction of weights zero)")
         ax.set_title(f"batch {batch}")
         ax.grid(True, which="both", alpha=0.3)

@@ -10,13 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_fp, assert_within_bound, random_pruned, ref_linear, to_csr
+from sparsecomp import _C
+
+from conftest import assert_close_fp, assert_within_bound, linear_l2, random_pruned, ref_linear, to_csr
 
 op = torch.ops.sparsecomp.sparse_linear
 op_bwd_input = torch.ops.sparsecomp.sparse_linear_backward_input
 op_bwd_values = torch.ops.sparsecomp.sparse_linear_backward_values
 
-BATCHES = [0, 1, 2, 3, 15, 16, 17, 63, 64, 65, 129]
+# batch sizes around the GEMV/SpMM switch (2), 8/9 (AVX-512 runs 8-wide ymm tiles for <= 8 samples), the
+# 16-lane width, the AVX2 tile (32) and the AVX-512/scalar tile (64), incl. ragged last tiles
+BATCHES = [0, 1, 2, 3, 8, 9, 15, 16, 17, 33, 63, 64, 65, 72, 129]
 SHAPES = [(1, 1), (3, 17), (17, 3), (1000, 17), (64, 1000)]
 SPARSITIES = [0.0, 0.3, 0.9, 0.99, 1.0]
 DTYPES = [torch.float32, torch.float64]
@@ -33,29 +37,38 @@ def sparse_apply(x, w, b=None):
 
 # ------------------------------------------------------------------------------------------------ forward
 
-@pytest.mark.parametrize("sparsity", SPARSITIES)
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_forward_matches_reference(cpu_isa, dtype, shape, sparsity, gen):
+def check_forward(dtype, shape, sparsity, gen, isa):
     out_f, in_f = shape
     w = random_pruned(out_f, in_f, sparsity, dtype, gen)
     b = torch.randn(out_f, generator=gen, dtype=dtype)
     v, ci, rp = to_csr(w)
-    for batch in BATCHES:
+    for i, batch in enumerate(BATCHES):
         x = torch.randn(batch, in_f, generator=gen, dtype=dtype)
-        for bias in (None, b):
-            out = op(x, v, ci, rp, bias, in_f)
-            assert out.dtype == dtype and out.shape == (batch, out_f) and out.is_contiguous()
-            try:
-                assert_close_fp(out, x, w, bias)
-            except AssertionError as err:
-                raise AssertionError(f"isa={cpu_isa} batch={batch} bias={bias is not None}: {err}") from None
+        # bias on every other batch size, shifted per sparsity: across the sparsities each batch size (and so
+        # each kernel variant) runs both with and without bias
+        bias = b if (i + SPARSITIES.index(sparsity)) % 2 == 0 else None
+        out = op(x, v, ci, rp, bias, in_f)
+        assert out.dtype == dtype and out.shape == (batch, out_f) and out.is_contiguous()
+        try:
+            assert_close_fp(out, x, w, bias)
+        except AssertionError as err:
+            raise AssertionError(f"isa={isa} batch={batch} bias={bias is not None}: {err}") from None
 
 
-@pytest.mark.parametrize("batch", [1, 2, 3, 17, 65])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_forward_multi_tile(cpu_isa, dtype, batch, gen):
-    """in_features=70000: two column tiles, columns >= 32768 stored as negative int16."""
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_forward_matches_reference_f32(cpu_isa, shape, sparsity, gen):
+    check_forward(torch.float32, shape, sparsity, gen, cpu_isa)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_forward_matches_reference_f64(shape, sparsity, gen):
+    """float64 always runs the portable kernels (the ISA setting applies to float32 only)."""
+    check_forward(torch.float64, shape, sparsity, gen, _C.cpu_isa())
+
+
+def check_multi_tile(dtype, batch, gen):
     in_f = 70000
     for sparsity, bias in ((0.3, True), (0.99, False)):
         w = random_pruned(5, in_f, sparsity, dtype, gen)
@@ -63,6 +76,17 @@ def test_forward_multi_tile(cpu_isa, dtype, batch, gen):
         b = torch.randn(5, generator=gen, dtype=dtype) if bias else None
         x = torch.randn(batch, in_f, generator=gen, dtype=dtype)
         assert_close_fp(sparse_apply(x, w, b), x, w, b)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 9, 17, 65])
+def test_forward_multi_tile_f32(cpu_isa, batch, gen):
+    """in_features=70000: two column tiles, columns >= 32768 stored as negative int16."""
+    check_multi_tile(torch.float32, batch, gen)
+
+
+@pytest.mark.parametrize("batch", [1, 17])
+def test_forward_multi_tile_f64(batch, gen):
+    check_multi_tile(torch.float64, batch, gen)
 
 
 @pytest.mark.parametrize("in_f", [65536, 65537])
@@ -175,7 +199,7 @@ def test_forward_does_not_modify_inputs(gen):
 # iff W[o, k] != 0. Dense F.linear differs here on purpose: it computes 0 * NaN = NaN for pruned weights,
 # so one NaN input poisons the whole output row. Where W[o, k] != 0 the two agree.
 
-@pytest.mark.parametrize("batch", [1, 2, 3, 17, 64, 65])
+@pytest.mark.parametrize("batch", [1, 2, 3, 8, 9, 17, 64, 65])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nan_in_x_propagates_only_through_nonzeros(cpu_isa, dtype, batch, gen):
     w = random_pruned(40, 60, 0.8, dtype, gen, empty_rows=3)
@@ -196,8 +220,7 @@ def test_nan_in_x_propagates_only_through_nonzeros(cpu_isa, dtype, batch, gen):
     x0 = torch.where(nan_at, torch.zeros_like(x), x)
     ref = ref_linear(x0, w, b)
     ok = ~expected_nan
-    mag = x0.double().abs() @ w.double().abs().T + b.double().abs()
-    assert_within_bound(out[ok], ref[ok], mag[ok], 61.0, dtype)
+    assert_within_bound(out[ok], ref[ok], linear_l2(x0, w, b)[ok], 61.0, dtype)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 33])
@@ -350,14 +373,14 @@ def test_backward_matches_dense(dtype, shape, sparsity, gen):
             gx, gw, gb = dense_grads(x, w, b, g)
             ctx = f"batch={batch} bias={with_bias}"
             # grad_x[b, k] = sum_o g[b, o] W[o, k]: terms = nonzeros of column k
-            assert_within_bound(x.grad, gx, g.double().abs() @ w.double().abs(), mask.sum(0).double() + 1, dtype,
+            assert_within_bound(x.grad, gx, linear_l2(g, w.T), mask.sum(0).double() + 1, dtype,
                                 what=f"grad_x {ctx}")
             # grad_values[p] = dense grad_W at the p-th nonzero (row-major = storage order); batch terms
-            mag_w = (g.double().abs().T @ x.detach().double().abs())[mask]
+            l2_w = linear_l2(g.T, x.detach().T)[mask]
             assert vals.grad.shape == v.shape
-            assert_within_bound(vals.grad, gw[mask], mag_w, batch + 1.0, dtype, what=f"grad_values {ctx}")
+            assert_within_bound(vals.grad, gw[mask], l2_w, batch + 1.0, dtype, what=f"grad_values {ctx}")
             if with_bias:
-                assert_within_bound(b.grad, gb, g.double().abs().sum(0), batch + 1.0, dtype, what=f"grad_b {ctx}")
+                assert_within_bound(b.grad, gb, g.double().square().sum(0).sqrt(), batch + 1.0, dtype, what=f"grad_b {ctx}")
 
 
 def test_backward_multi_tile(gen):
@@ -371,10 +394,29 @@ def test_backward_multi_tile(gen):
     g = torch.randn(3, 4, generator=gen)
     op(x, vals, ci, rp, None, in_f).backward(g)
     gx, gw, _ = dense_grads(x, w, None, g)
-    assert_within_bound(x.grad, gx, g.double().abs() @ w.double().abs(), mask.sum(0).double() + 1, torch.float32)
-    assert_within_bound(vals.grad, gw[mask], (g.double().abs().T @ x.detach().double().abs())[mask], 4.0,
+    assert_within_bound(x.grad, gx, linear_l2(g, w.T), mask.sum(0).double() + 1, torch.float32)
+    assert_within_bound(vals.grad, gw[mask], linear_l2(g.T, x.detach().T)[mask], 4.0,
                         torch.float32)
     assert torch.equal(x.grad[:, ~mask.any(0)], torch.zeros(3, int((~mask.any(0)).sum())))
+
+
+def test_backward_non_contiguous(gen):
+    """x and grad_out given as strided views (e.g. from a transpose upstream) give the contiguous grads."""
+    w = random_pruned(12, 20, 0.5, torch.float64, gen)
+    v, ci, rp = to_csr(w)
+    x = torch.randn(6, 20, generator=gen, dtype=torch.float64)
+    g = torch.randn(6, 12, generator=gen, dtype=torch.float64)
+    grads = []
+    for strided in (False, True):
+        xi = (x.t().contiguous().t() if strided else x.clone()).requires_grad_()
+        vals = v.clone().requires_grad_()
+        gi = torch.stack([g, torch.zeros_like(g)], 2)[:, :, 0] if strided else g
+        assert xi.is_contiguous() != strided and gi.is_contiguous() != strided
+        op(xi, vals, ci, rp, None, 20).backward(gi)
+        grads.append((xi.grad, vals.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    torch.testing.assert_close(grads[0][0], g @ w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0][1], (g.T @ x)[w != 0], rtol=1e-12, atol=1e-12)
 
 
 def test_backward_ops_direct(gen):

@@ -52,22 +52,25 @@ class SparseWeightMixin:
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # Kernels trust col_idx/row_ptr for addressing: check the incoming structure before anything is copied,
+        # so a rejected checkpoint leaves the module as it was.
+        incoming = {name: state_dict.get(prefix + name, getattr(self, name)) for name in _STRUCTURE}
+        if not all(isinstance(t, torch.Tensor) for t in incoming.values()):
+            error_msgs.append(f"{prefix or 'module'}: values, col_idx and row_ptr must be tensors")
+            return
+        try:
+            TiledCSR(incoming["values"], incoming["col_idx"], incoming["row_ptr"], self._weight_shape).validate()
+        except ValueError as err:
+            error_msgs.append(f"{prefix or 'module'}: invalid sparse weight in state_dict: {err}")
+            return
         # The nonzero count of a checkpoint is unknown to a freshly built module: resize before copying.
         for name in _STRUCTURE:
-            incoming = state_dict.get(prefix + name)
             current = getattr(self, name)
-            if isinstance(incoming, torch.Tensor) and incoming.shape != current.shape:
-                if incoming.dtype != current.dtype and name != "values":
-                    error_msgs.append(f"{prefix}{name}: expected dtype {current.dtype}, got {incoming.dtype}")
-                    continue
-                resized = torch.empty(incoming.shape, dtype=current.dtype, device=current.device)
+            if incoming[name].shape != current.shape:
+                resized = torch.empty(incoming[name].shape, dtype=current.dtype, device=current.device)
                 if name == "values":
                     self.values = nn.Parameter(resized, requires_grad=self.values.requires_grad)
                 else:
                     setattr(self, name, resized)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        try:
-            self.sparse_weight().validate()
-        except ValueError as err:
-            error_msgs.append(f"{prefix}: invalid sparse weight in state_dict: {err}")

@@ -48,11 +48,12 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
         w = (conv.weight if weight is None else weight).detach()
         if tuple(w.shape) != tuple(conv.weight.shape):
             raise ValueError(f"weight must have shape {tuple(conv.weight.shape)}, got {tuple(w.shape)}")
+        csr = TiledCSR.from_dense(w.reshape(w.shape[0], -1))  # rejects non-float weights before anything is built
         module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                      bias=conv.bias is not None, padding_mode=conv.padding_mode, device=w.device, dtype=w.dtype)
-        module._set_sparse_weight(TiledCSR.from_dense(w.reshape(w.shape[0], -1)))
+        module._set_sparse_weight(csr)
         if conv.bias is not None:
-            module.bias = nn.Parameter(conv.bias.detach().clone())
+            module.bias = nn.Parameter(conv.bias.detach().to(w.dtype).clone())
         return module
 
     def to_dense(self) -> nn.Conv2d:

@@ -34,11 +34,12 @@ class SparseLinear(SparseWeightMixin, nn.Module):
         w = (linear.weight if weight is None else weight).detach()
         if tuple(w.shape) != (linear.out_features, linear.in_features):
             raise ValueError(f"weight must have shape {(linear.out_features, linear.in_features)}, got {tuple(w.shape)}")
+        csr = TiledCSR.from_dense(w)  # rejects non-float weights before anything is built
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device=w.device,
                      dtype=w.dtype)
-        module._set_sparse_weight(TiledCSR.from_dense(w))
+        module._set_sparse_weight(csr)
         if linear.bias is not None:
-            module.bias = nn.Parameter(linear.bias.detach().clone())
+            module.bias = nn.Parameter(linear.bias.detach().to(w.dtype).clone())
         return module
 
     def to_dense(self) -> nn.Linear:
