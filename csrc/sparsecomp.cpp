@@ -9,6 +9,9 @@ TORCH_LIBRARY(sparsecomp, m) {
   // y = x @ W^T + bias with W in tiled-CSR form (csrc/cpu/spmm.h). x: [batch, in_features].
   m.def("sparse_linear(Tensor x, Tensor values, Tensor col_idx, Tensor row_ptr, Tensor? bias, int in_features)"
         " -> Tensor");
+  // out[n] = W @ x[n] + bias[:, None] for x [batch, in_features, columns]: the im2col form of a convolution.
+  m.def("sparse_matmul(Tensor x, Tensor values, Tensor col_idx, Tensor row_ptr, Tensor? bias, int in_features)"
+        " -> Tensor");
   // grad_x = grad_out @ W: [batch, in_features].
   m.def("sparse_linear_backward_input(Tensor grad_out, Tensor values, Tensor col_idx, Tensor row_ptr,"
         " int in_features) -> Tensor");

@@ -20,6 +20,12 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, col_idx: torch.Tensor, 
     return _lib.sparse_linear(x, values, col_idx, row_ptr, bias, in_features)
 
 
+def sparse_matmul(x: torch.Tensor, values: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Tensor,
+                  bias: torch.Tensor | None, in_features: int) -> torch.Tensor:
+    """``W @ x[n] + bias[:, None]`` for a k-major ``x`` [batch, in_features, columns] (im2col of a convolution)."""
+    return _lib.sparse_matmul(x, values, col_idx, row_ptr, bias, in_features)
+
+
 def _rows(row_ptr: torch.Tensor, in_features: int) -> int:
     return (row_ptr.shape[0] - 1) // num_col_tiles(in_features)
 
@@ -29,6 +35,13 @@ def _sparse_linear_fake(x, values, col_idx, row_ptr, bias, in_features):
     torch._check(x.dim() == 2, lambda: f"sparse_linear: x must be 2-D, got {x.dim()}-D")
     torch._check(x.shape[1] == in_features, lambda: f"sparse_linear: x must have {in_features} columns")
     return x.new_empty((x.shape[0], _rows(row_ptr, in_features)))
+
+
+@torch.library.register_fake("sparsecomp::sparse_matmul")
+def _sparse_matmul_fake(x, values, col_idx, row_ptr, bias, in_features):
+    torch._check(x.dim() == 3, lambda: f"sparse_matmul: x must be 3-D, got {x.dim()}-D")
+    torch._check(x.shape[1] == in_features, lambda: f"sparse_matmul: x must have {in_features} rows per sample")
+    return x.new_empty((x.shape[0], _rows(row_ptr, in_features), x.shape[2]))
 
 
 @torch.library.register_fake("sparsecomp::sparse_linear_backward_input")
@@ -62,4 +75,26 @@ def _sparse_linear_backward(ctx, grad_out):
 
 
 torch.library.register_autograd("sparsecomp::sparse_linear", _sparse_linear_backward,
+                                setup_context=_sparse_linear_setup_context)
+
+
+def _sparse_matmul_backward(ctx, grad_out):
+    # The k-major problem is sparse_linear on the samples (batch x columns); reuse its backward kernels.
+    x, values, col_idx, row_ptr = ctx.saved_tensors
+    batch, _, columns = x.shape
+    rows = grad_out.shape[1]
+    grad_rows = grad_out.transpose(1, 2).reshape(batch * columns, rows)
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _lib.sparse_linear_backward_input(grad_rows, values, col_idx, row_ptr, ctx.in_features)
+        grad_x = grad_x.reshape(batch, columns, ctx.in_features).transpose(1, 2)
+    if ctx.needs_input_grad[1]:
+        x_rows = x.transpose(1, 2).reshape(batch * columns, ctx.in_features)
+        grad_values = _lib.sparse_linear_backward_values(grad_rows, x_rows, col_idx, row_ptr, ctx.in_features)
+    if ctx.has_bias and ctx.needs_input_grad[4]:
+        grad_bias = grad_out.sum((0, 2))
+    return grad_x, grad_values, None, None, grad_bias, None
+
+
+torch.library.register_autograd("sparsecomp::sparse_matmul", _sparse_matmul_backward,
                                 setup_context=_sparse_linear_setup_context)

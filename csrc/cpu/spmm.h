@@ -32,23 +32,46 @@ void spmv_rows_avx2(const SparseRows<float>& w, const float* x, const float* bia
 void spmv_rows_avx512(const SparseRows<float>& w, const float* x, const float* bias, float* y, int64_t row_begin,
                       int64_t row_end);
 
-// One batch tile: xt is the tile's input transposed, [cols][ldx] (ldx >= bt, padded columns zero, ldx a
-// multiple of the vector width); writes y[j * ldy + o] for j < bt.
+// One tile of the dense operand, k-major: the `width` values of input feature k (one per sample) start at
+// data + k * ld. width is a multiple of the vector width; values past `count` samples must be finite (zero).
 template <typename T>
-void spmm_rows_portable(const SparseRows<T>& w, const T* xt, int64_t ldx, int64_t bt, const T* bias, T* y,
-                        int64_t ldy, int64_t row_begin, int64_t row_end);
-void spmm_rows_avx2(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
-                    float* y, int64_t ldy, int64_t row_begin, int64_t row_end);
-void spmm_rows_avx512(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
-                      float* y, int64_t ldy, int64_t row_begin, int64_t row_end);
+struct DenseTile {
+  const T* data;
+  int64_t ld;
+  int64_t width;
+  int64_t count;
+};
+
+// Where the result for (sample j, output row o) goes: data[j * sample_stride + o * row_stride]. With
+// sample_stride == 1 (the [rows][samples] layout of a convolution output) kernels store whole vectors.
+template <typename T>
+struct OutTile {
+  T* data;
+  int64_t sample_stride;
+  int64_t row_stride;
+};
+
+// One tile of samples: y(j, o) = sum_p values[p] * x(col(p), j) + bias[o] for j < x.count, o in the row range.
+template <typename T>
+void spmm_rows_portable(const SparseRows<T>& w, const DenseTile<T>& x, const T* bias, const OutTile<T>& y,
+                        int64_t row_begin, int64_t row_end);
+void spmm_rows_avx2(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias, const OutTile<float>& y,
+                    int64_t row_begin, int64_t row_end);
+void spmm_rows_avx512(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias,
+                      const OutTile<float>& y, int64_t row_begin, int64_t row_end);
 
 // Packs one batch tile of x ([bt][ld_in] row-major) into xt ([cols][ldx]) for columns [col_begin, col_end),
 // zero-filling the padding columns bt..ldx-1.
 template <typename T>
 void pack_transposed_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int64_t ldx, int64_t col_begin,
                               int64_t col_end);
+// Copies rows [row_begin, row_end) of a k-major tile (bt values each, row stride ld_in) into rows of ldx values,
+// zero-filling bt..ldx-1: used for the last, partial sample tile of a k-major input.
+template <typename T>
+void pack_rows_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int64_t ldx, int64_t row_begin,
+                        int64_t row_end);
 
-// Widest batch tile each path handles in registers (ldx above must not exceed it).
+// Widest sample tile each path handles in registers (DenseTile::width must not exceed it).
 constexpr int64_t kMaxTileAvx512 = 64;
 constexpr int64_t kMaxTileAvx2 = 32;
 constexpr int64_t kMaxTilePortable = 64;

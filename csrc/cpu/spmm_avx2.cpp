@@ -58,10 +58,11 @@ inline void axpy_rows(const float* vals, const uint16_t* idx, int64_t n, const f
 }
 
 template <int V>
-void spmm_tile(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias, float* y,
-               int64_t ldy, int64_t row_begin, int64_t row_end) {
+void spmm_tile(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias, const OutTile<float>& y,
+               int64_t row_begin, int64_t row_end) {
   constexpr int U = V == 1 ? 8 : (V == 2 ? 4 : 2);  // about eight FMA chains in flight
   alignas(32) float out[8 * V];
+  const int64_t bt = x.count;
   for (int64_t o = row_begin; o < row_end; ++o) {
     __m256 acc[U][V];
     for (int u = 0; u < U; ++u)
@@ -69,7 +70,7 @@ void spmm_tile(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t
     for (int64_t t = 0; t < w.tiles; ++t) {
       const int64_t begin = w.row_ptr[o * w.tiles + t];
       const int64_t end = w.row_ptr[o * w.tiles + t + 1];
-      axpy_rows<V, U>(w.values + begin, w.col_idx + begin, end - begin, xt + t * kTileCols * ldx, ldx, acc);
+      axpy_rows<V, U>(w.values + begin, w.col_idx + begin, end - begin, x.data + t * kTileCols * x.ld, x.ld, acc);
     }
     const __m256 b = _mm256_set1_ps(bias ? bias[o] : 0.0f);
     for (int i = 0; i < V; ++i) {
@@ -77,7 +78,14 @@ void spmm_tile(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t
       for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][i]);
       _mm256_store_ps(out + 8 * i, _mm256_add_ps(s, b));
     }
-    for (int64_t j = 0; j < bt; ++j) y[j * ldy + o] = out[j];
+    float* dst = y.data + o * y.row_stride;
+    if (y.sample_stride == 1) {
+      int64_t j = 0;
+      for (; j + 8 <= bt; j += 8) _mm256_storeu_ps(dst + j, _mm256_load_ps(out + j));
+      for (; j < bt; ++j) dst[j] = out[j];
+    } else {
+      for (int64_t j = 0; j < bt; ++j) dst[j * y.sample_stride] = out[j];
+    }
   }
 }
 
@@ -96,13 +104,13 @@ void spmv_rows_avx2(const SparseRows<float>& w, const float* x, const float* bia
   }
 }
 
-void spmm_rows_avx2(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
-                    float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
-  switch (ldx / 8) {
-    case 1: return spmm_tile<1>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
-    case 2: return spmm_tile<2>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
-    case 3: return spmm_tile<3>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
-    default: return spmm_tile<4>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
+void spmm_rows_avx2(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias, const OutTile<float>& y,
+                    int64_t row_begin, int64_t row_end) {
+  switch (x.width / 8) {
+    case 1: return spmm_tile<1>(w, x, bias, y, row_begin, row_end);
+    case 2: return spmm_tile<2>(w, x, bias, y, row_begin, row_end);
+    case 3: return spmm_tile<3>(w, x, bias, y, row_begin, row_end);
+    default: return spmm_tile<4>(w, x, bias, y, row_begin, row_end);
   }
 }
 
@@ -111,9 +119,9 @@ void spmv_rows_avx2(const SparseRows<float>& w, const float* x, const float* bia
                     int64_t row_end) {
   spmv_rows_portable<float>(w, x, bias, y, row_begin, row_end);
 }
-void spmm_rows_avx2(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
-                    float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
-  spmm_rows_portable<float>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
+void spmm_rows_avx2(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias, const OutTile<float>& y,
+                    int64_t row_begin, int64_t row_end) {
+  spmm_rows_portable<float>(w, x, bias, y, row_begin, row_end);
 }
 #endif
 

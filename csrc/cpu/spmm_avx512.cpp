@@ -77,10 +77,11 @@ inline void axpy_rows(const float* vals, const uint16_t* idx, int64_t n, const f
 }
 
 template <int V>
-void spmm_tile(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias, float* y,
-               int64_t ldy, int64_t row_begin, int64_t row_end) {
+void spmm_tile(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias, const OutTile<float>& y,
+               int64_t row_begin, int64_t row_end) {
   constexpr int U = V == 1 ? 8 : (V == 2 ? 4 : 2);  // about eight FMA chains in flight
   alignas(64) float out[16 * V];
+  const int64_t bt = x.count;
   for (int64_t o = row_begin; o < row_end; ++o) {
     __m512 acc[U][V];
     for (int u = 0; u < U; ++u)
@@ -88,15 +89,25 @@ void spmm_tile(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t
     for (int64_t t = 0; t < w.tiles; ++t) {
       const int64_t begin = w.row_ptr[o * w.tiles + t];
       const int64_t end = w.row_ptr[o * w.tiles + t + 1];
-      axpy_rows<V, U>(w.values + begin, w.col_idx + begin, end - begin, xt + t * kTileCols * ldx, ldx, acc);
+      axpy_rows<V, U>(w.values + begin, w.col_idx + begin, end - begin, x.data + t * kTileCols * x.ld, x.ld, acc);
     }
     const __m512 b = _mm512_set1_ps(bias ? bias[o] : 0.0f);
+    float* dst = y.data + o * y.row_stride;
     for (int i = 0; i < V; ++i) {
       __m512 s = acc[0][i];
       for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[u][i]);
-      _mm512_store_ps(out + 16 * i, _mm512_add_ps(s, b));
+      s = _mm512_add_ps(s, b);
+      if (y.sample_stride == 1) {  // samples contiguous: (masked) vector store
+        const int64_t left = bt - 16 * i;
+        if (left <= 0) break;
+        const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        _mm512_mask_storeu_ps(dst + 16 * i, m, s);
+      } else {
+        _mm512_store_ps(out + 16 * i, s);
+      }
     }
-    for (int64_t j = 0; j < bt; ++j) y[j * ldy + o] = out[j];
+    if (y.sample_stride != 1)
+      for (int64_t j = 0; j < bt; ++j) dst[j * y.sample_stride] = out[j];
   }
 }
 
@@ -115,14 +126,14 @@ void spmv_rows_avx512(const SparseRows<float>& w, const float* x, const float* b
   }
 }
 
-void spmm_rows_avx512(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
-                      float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
-  if (ldx <= 8) return spmm_rows_avx2(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);  // half vectors
-  switch (ldx / 16) {
-    case 1: return spmm_tile<1>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
-    case 2: return spmm_tile<2>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
-    case 3: return spmm_tile<3>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
-    default: return spmm_tile<4>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
+void spmm_rows_avx512(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias,
+                      const OutTile<float>& y, int64_t row_begin, int64_t row_end) {
+  if (x.width <= 8) return spmm_rows_avx2(w, x, bias, y, row_begin, row_end);  // half vectors
+  switch (x.width / 16) {
+    case 1: return spmm_tile<1>(w, x, bias, y, row_begin, row_end);
+    case 2: return spmm_tile<2>(w, x, bias, y, row_begin, row_end);
+    case 3: return spmm_tile<3>(w, x, bias, y, row_begin, row_end);
+    default: return spmm_tile<4>(w, x, bias, y, row_begin, row_end);
   }
 }
 
@@ -131,9 +142,9 @@ void spmv_rows_avx512(const SparseRows<float>& w, const float* x, const float* b
                       int64_t row_end) {
   spmv_rows_portable<float>(w, x, bias, y, row_begin, row_end);
 }
-void spmm_rows_avx512(const SparseRows<float>& w, const float* xt, int64_t ldx, int64_t bt, const float* bias,
-                      float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
-  spmm_rows_portable<float>(w, xt, ldx, bt, bias, y, ldy, row_begin, row_end);
+void spmm_rows_avx512(const SparseRows<float>& w, const DenseTile<float>& x, const float* bias,
+                      const OutTile<float>& y, int64_t row_begin, int64_t row_end) {
+  spmm_rows_portable<float>(w, x, bias, y, row_begin, row_end);
 }
 #endif
 

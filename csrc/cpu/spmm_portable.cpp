@@ -22,21 +22,23 @@ void spmv_rows_portable(const SparseRows<T>& w, const T* x, const T* bias, T* y,
 }
 
 template <typename T>
-void spmm_rows_portable(const SparseRows<T>& w, const T* xt, int64_t ldx, int64_t bt, const T* bias, T* y,
-                        int64_t ldy, int64_t row_begin, int64_t row_end) {
+void spmm_rows_portable(const SparseRows<T>& w, const DenseTile<T>& x, const T* bias, const OutTile<T>& y,
+                        int64_t row_begin, int64_t row_end) {
   T acc[kMaxTilePortable];
+  const int64_t bt = x.count;
   for (int64_t o = row_begin; o < row_end; ++o) {
     std::fill(acc, acc + bt, T(0));
     for (int64_t t = 0; t < w.tiles; ++t) {
-      const T* xs = xt + t * kTileCols * ldx;
+      const T* xs = x.data + t * kTileCols * x.ld;
       for (int64_t p = w.row_ptr[o * w.tiles + t]; p < w.row_ptr[o * w.tiles + t + 1]; ++p) {
         const T v = w.values[p];
-        const T* xr = xs + static_cast<int64_t>(w.col_idx[p]) * ldx;
+        const T* xr = xs + static_cast<int64_t>(w.col_idx[p]) * x.ld;
         for (int64_t j = 0; j < bt; ++j) acc[j] += v * xr[j];
       }
     }
     const T b = bias ? bias[o] : T(0);
-    for (int64_t j = 0; j < bt; ++j) y[j * ldy + o] = acc[j] + b;
+    T* dst = y.data + o * y.row_stride;
+    for (int64_t j = 0; j < bt; ++j) dst[j * y.sample_stride] = acc[j] + b;
   }
 }
 
@@ -52,6 +54,15 @@ void pack_transposed_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int6
     }
     for (int64_t k = k0; k < k1; ++k)
       for (int64_t j = bt; j < ldx; ++j) xt[k * ldx + j] = T(0);
+  }
+}
+
+template <typename T>
+void pack_rows_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int64_t ldx, int64_t row_begin,
+                        int64_t row_end) {
+  for (int64_t k = row_begin; k < row_end; ++k) {
+    std::copy(x + k * ld_in, x + k * ld_in + bt, xt + k * ldx);
+    std::fill(xt + k * ldx + bt, xt + (k + 1) * ldx, T(0));
   }
 }
 
@@ -90,9 +101,10 @@ void sddmm_rows_portable(const SparseRows<T>& w, const T* grad_yt, const T* xt, 
 
 #define SPARSECOMP_INSTANTIATE(T)                                                                                 \
   template void spmv_rows_portable<T>(const SparseRows<T>&, const T*, const T*, T*, int64_t, int64_t);           \
-  template void spmm_rows_portable<T>(const SparseRows<T>&, const T*, int64_t, int64_t, const T*, T*, int64_t,  \
+  template void spmm_rows_portable<T>(const SparseRows<T>&, const DenseTile<T>&, const T*, const OutTile<T>&,     \
                                       int64_t, int64_t);                                                          \
   template void pack_transposed_portable<T>(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t);       \
+  template void pack_rows_portable<T>(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t);             \
   template void spmm_t_rows_portable<T>(const SparseRows<T>&, const T*, int64_t, T*, int64_t, int64_t);          \
   template void sddmm_rows_portable<T>(const SparseRows<T>&, const T*, const T*, int64_t, T*, int64_t, int64_t);
 SPARSECOMP_INSTANTIATE(float)

@@ -1,4 +1,4 @@
-"""SparseConv2d: a pruned nn.Conv2d run as im2col + sparse matmul."""
+"""SparseConv2d: a pruned nn.Conv2d run as im2col + sparse matmul (ops.sparse_matmul)."""
 from __future__ import annotations
 
 import torch
@@ -87,11 +87,10 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
         out_w = (w + 2 * padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if out_h <= 0 or out_w <= 0:
             raise ValueError(f"SparseConv2d: input {tuple(x.shape)} is smaller than the kernel")
+        # unfold gives [n, C*kh*kw, out_h*out_w]: k-major, so W @ cols[n] is the NCHW output with no transposes.
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=padding, stride=self.stride)
-        k = cols.shape[1]
-        rows = cols.transpose(1, 2).reshape(n * out_h * out_w, k)
-        y = ops.sparse_linear(rows, self.values, self.col_idx, self.row_ptr, self.bias, k)
-        y = y.reshape(n, out_h * out_w, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, out_h, out_w)
+        y = ops.sparse_matmul(cols, self.values, self.col_idx, self.row_ptr, self.bias, cols.shape[1])
+        y = y.reshape(n, self.out_channels, out_h, out_w)
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:

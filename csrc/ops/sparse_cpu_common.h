@@ -1,0 +1,92 @@
+// Helpers shared by the CPU bindings of the sparse ops: views of the weight, row_ptr validation, nnz-balanced
+// row chunks for threading, and the ISA dispatch of the kernels in csrc/cpu.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "../cpu/cpu_features.h"
+#include "../cpu/spmm.h"
+#include "sparse_linear_checks.h"
+
+namespace sparsecomp::cpu_binding {
+
+using cpu::Isa;
+using cpu::SparseRows;
+
+template <typename T>
+SparseRows<T> view_of(const at::Tensor& values, const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                      const SparseShape& s, int64_t in_features) {
+  return {values.data_ptr<T>(), reinterpret_cast<const uint16_t*>(col_idx.data_ptr<int16_t>()),
+          row_ptr.data_ptr<int64_t>(), s.rows, in_features, s.tiles};
+}
+
+// row_ptr must start at 0, never decrease and end at nnz, or a kernel would read out of bounds.
+inline void check_row_ptr_cpu(const char* op, const at::Tensor& row_ptr, int64_t nnz) {
+  const int64_t* rp = row_ptr.data_ptr<int64_t>();
+  const int64_t n = row_ptr.numel();
+  TORCH_CHECK(rp[0] == 0 && rp[n - 1] == nnz, op, ": row_ptr must start at 0 and end at nnz=", nnz, ", got ", rp[0],
+              " .. ", rp[n - 1]);
+  for (int64_t i = 1; i < n; ++i)
+    TORCH_CHECK(rp[i] >= rp[i - 1], op, ": row_ptr must be non-decreasing (entry ", i, ")");
+}
+
+// Splits rows into `chunks` contiguous ranges holding about the same number of nonzeros.
+inline std::vector<int64_t> balanced_row_bounds(const int64_t* row_ptr, int64_t rows, int64_t tiles, int64_t chunks) {
+  std::vector<int64_t> bounds(chunks + 1, rows);
+  bounds[0] = 0;
+  const int64_t nnz = row_ptr[rows * tiles];
+  for (int64_t c = 1; c < chunks; ++c) {
+    const int64_t target = nnz * c / chunks;
+    int64_t lo = bounds[c - 1], hi = rows;  // first row whose start is >= target
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (row_ptr[mid * tiles] < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[c] = lo;
+  }
+  return bounds;
+}
+
+inline int64_t chunk_count(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)); }
+
+// Row length of a packed batch tile: a multiple of the vector width (8-wide on AVX-512 too for bt <= 8,
+// where the AVX-512 path runs the ymm kernel instead of padding to 16).
+inline int64_t padded_width(Isa isa, int64_t bt) {
+  const int64_t vec = isa == Isa::Avx512 ? (bt <= 8 ? 8 : 16) : (isa == Isa::Avx2 ? 8 : 1);
+  return (bt + vec - 1) / vec * vec;
+}
+
+inline int64_t max_tile(Isa isa) {
+  return isa == Isa::Avx512 ? cpu::kMaxTileAvx512 : (isa == Isa::Avx2 ? cpu::kMaxTileAvx2 : cpu::kMaxTilePortable);
+}
+
+template <typename T>
+void spmv(Isa isa, const SparseRows<T>& w, const T* x, const T* bias, T* y, int64_t r0, int64_t r1) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::Avx512) return cpu::spmv_rows_avx512(w, x, bias, y, r0, r1);
+    if (isa == Isa::Avx2) return cpu::spmv_rows_avx2(w, x, bias, y, r0, r1);
+  }
+  cpu::spmv_rows_portable<T>(w, x, bias, y, r0, r1);
+}
+
+template <typename T>
+void spmm(Isa isa, const SparseRows<T>& w, const cpu::DenseTile<T>& x, const T* bias, const cpu::OutTile<T>& y,
+          int64_t r0, int64_t r1) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa == Isa::Avx512) return cpu::spmm_rows_avx512(w, x, bias, y, r0, r1);
+    if (isa == Isa::Avx2) return cpu::spmm_rows_avx2(w, x, bias, y, r0, r1);
+  }
+  cpu::spmm_rows_portable<T>(w, x, bias, y, r0, r1);
+}
+
+// The ISA the float32 kernels use now; other dtypes always run the portable kernels.
+template <typename T>
+Isa isa_for() {
+  return std::is_same_v<T, float> ? cpu::active_isa() : Isa::Scalar;
+}
+
+}  // namespace sparsecomp::cpu_binding

@@ -1,0 +1,72 @@
+"""sparsecomp::sparse_matmul (out[n] = W @ x[n] + b, x k-major) against float64 references, every CPU ISA."""
+import pytest
+import torch
+
+from conftest import assert_close_fp, random_pruned, to_csr
+
+op = torch.ops.sparsecomp.sparse_matmul
+
+# Column counts straddling the vector widths (8, 16) and tile widths (32, 64): in-place full tiles, packed ragged
+# last tiles, and a single short tile.
+COLUMNS = [1, 7, 8, 9, 16, 17, 64, 65, 130]
+
+
+def reference_check(out, x, w, b):
+    """Each sample n is a linear layer applied to the columns of x[n]: reuse the float64 linear bound."""
+    for n in range(x.shape[0]):
+        assert_close_fp(out[n].T.contiguous(), x[n].T, w, b)
+
+
+@pytest.mark.parametrize("columns", COLUMNS)
+@pytest.mark.parametrize("shape,sparsity", [((3, 17), 0.5), ((33, 70), 0.9), ((16, 9), 0.0), ((5, 12), 1.0)])
+def test_matches_float64_reference(cpu_isa, gen, columns, shape, sparsity):
+    out_f, in_f = shape
+    w = random_pruned(out_f, in_f, sparsity, generator=gen)
+    b = torch.randn(out_f, generator=gen)
+    x = torch.randn(2, in_f, columns, generator=gen)
+    out = op(x, *to_csr(w), b, in_f)
+    assert out.shape == (2, out_f, columns)
+    reference_check(out, x, w, b)
+
+
+def test_float64_without_bias_and_noncontiguous_input(gen):
+    w = random_pruned(11, 20, 0.7, dtype=torch.float64, generator=gen)
+    x = torch.randn(3, 37, 20, dtype=torch.float64, generator=gen).transpose(1, 2)  # not contiguous
+    out = op(x, *to_csr(w), None, 20)
+    torch.testing.assert_close(out, w @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_empty_batch_and_empty_columns(gen):
+    w = random_pruned(4, 6, 0.5, generator=gen)
+    assert op(torch.randn(0, 6, 5), *to_csr(w), None, 6).shape == (0, 4, 5)
+    assert op(torch.randn(2, 6, 0), *to_csr(w), None, 6).shape == (2, 4, 0)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda x: x[0], r"x must be 3-D \[batch, 6, columns\]"),
+    (lambda x: x[:, :5], r"x must be 3-D \[batch, 6, columns\]"),
+    (lambda x: x.double(), r"x dtype Double does not match values dtype Float"),
+])
+def test_errors_name_the_argument(gen, bad, match):
+    w = random_pruned(4, 6, 0.5, generator=gen)
+    with pytest.raises(RuntimeError, match=match):
+        op(bad(torch.randn(2, 6, 5)), *to_csr(w), None, 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(gen, dtype):
+    w = random_pruned(7, 10, 0.6, dtype=dtype, generator=gen)
+    values, col_idx, row_ptr = to_csr(w)
+    x = torch.randn(2, 10, 19, dtype=dtype, generator=gen, requires_grad=True)
+    b = torch.randn(7, dtype=dtype, generator=gen, requires_grad=True)
+    torch.library.opcheck(op, (x, values.clone().requires_grad_(), col_idx, row_ptr, b, 10))
+    torch.library.opcheck(op, (x.detach(), values, col_idx, row_ptr, None, 10))
+
+
+def test_gradcheck(gen):
+    w = random_pruned(5, 8, 0.5, dtype=torch.float64, generator=gen)
+    values, col_idx, row_ptr = to_csr(w)
+    x = torch.randn(2, 8, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = values.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, v, b: op(x, v, col_idx, row_ptr, b, 8), (x, v, b))
