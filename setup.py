@@ -27,7 +27,7 @@ def _want_cuda():
 def _extension():
     cpu_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/ops/*.cpp")
     # -fopenmp: at::parallel_for is a header template; without it the extension's loops run on one thread.
-    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fopenmp"]
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]  # C++ standard: torch's default
     link_flags = ["-fopenmp"]
     if _want_cuda():
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
@@ -37,7 +37,7 @@ def _extension():
             "sparsecomp._C",
             cpu_sources + _sources("csrc/cuda/*.cu"),
             define_macros=[("SPARSECOMP_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
             extra_link_args=link_flags,
         )
     return CppExtension("sparsecomp._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},

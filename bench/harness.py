@@ -7,7 +7,7 @@ Fairness rules built into :func:`measure`:
 - calls rotate through several pre-generated inputs, so no method is flattered by an input that stays hot
   in cache across calls;
 - setup is never timed: callers build each callable (weights converted, inputs made) before calling
-  ``measure``, which only times ``fn(x)``;
+  ``measure``, which only times ``fn(x)``; an optional ``before_sample`` hook (cache eviction) is untimed too;
 - on CUDA the device is synchronized before and after each timed sample (kernels launch asynchronously).
 """
 from __future__ import annotations
@@ -63,7 +63,8 @@ def _synchronizer(device: str | torch.device | None, inputs: Sequence[Any]) -> C
 
 
 def measure(fns: Mapping[str, Callable[[Any], Any]], inputs: Sequence[Any], repeats: int = 20, warmup: int = 2,
-            min_sample_s: float = 0.0, device: str | torch.device | None = None) -> dict[str, Timing]:
+            min_sample_s: float = 0.0, device: str | torch.device | None = None,
+            before_sample: Callable[[], Any] | None = None) -> dict[str, Timing]:
     """Times ``fn(x)`` for every method; returns ``{name: Timing}`` (use ``.median_ms``).
 
     ``fns`` maps a method name to a ready-to-run callable taking one input; build everything it needs before
@@ -71,6 +72,7 @@ def measure(fns: Mapping[str, Callable[[Any], Any]], inputs: Sequence[Any], repe
     same repeat. ``warmup`` rounds run every method on every input, untimed. A sample averages enough calls
     to last ``min_sample_s`` (0: one call), which keeps timer and sync overhead out of microsecond kernels.
     ``device`` (default: the device of ``inputs[0]``) decides whether to synchronize CUDA around samples.
+    ``before_sample`` runs untimed before every sample, e.g. to evict caches so weights start cold.
     """
     if not fns:
         raise ValueError("measure: fns is empty")
@@ -98,6 +100,8 @@ def measure(fns: Mapping[str, Callable[[Any], Any]], inputs: Sequence[Any], repe
             for name in names[shift:] + names[:shift]:
                 fn, k = fns[name], calls[name]
                 xs = [inputs[(r * k + i) % n_inputs] for i in range(k)]
+                if before_sample is not None:
+                    before_sample()
                 sync()
                 t0 = time.perf_counter()
                 for x in xs:

@@ -63,8 +63,8 @@ def render_section(results: dict, plot_link: str) -> str:
            f"speedup = dense median / method median; ours vs CSR = CSR median / sparsecomp median "
            f"(> 1: sparsecomp faster); torch.sparse CSR is the faster of "
            + " and ".join(f"`{v}`" for v in meta["csr_variants"].values()) + " at each point", "",
-           "| shape | batch | sparsity | dense ms | sparsecomp ms | sparsecomp / dense | ours vs CSR | "
-           "CSR / dense | structured / dense |",
+           "| shape | batch | sparsity | dense ms | sparsecomp ms | sparsecomp speedup | ours vs CSR | "
+           "CSR speedup | structured speedup |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         sp = r["speedup"]

@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", type=_positive_int, default=4, help="pre-generated inputs rotated through")
     p.add_argument("--min-sample-ms", type=float, default=1.0,
                    help="a timed sample averages enough calls to last this long (keeps timer overhead out)")
+    p.add_argument("--flush-mb", type=float, default=0.0,
+                   help="before every timed sample, untimed, overwrite a buffer of this many MB so weights start "
+                        "cold: more than the last-level cache (lscpu; ~50 MB L2 on H100), with --min-sample-ms 0 "
+                        "(else only the first call of a batched sample is cold); default 0: off")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: all cores, os.cpu_count())")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small grid (%s) that runs in < 3 minutes on 2 cores"
@@ -134,6 +138,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--device cuda: torch.cuda.is_available() is False (torch {torch.__version__})")
     if args.min_sample_ms < 0:
         parser.error(f"--min-sample-ms must be >= 0, got {args.min_sample_ms}")
+    if args.flush_mb < 0:
+        parser.error(f"--flush-mb must be >= 0, got {args.flush_mb}")
     return args
 
 
@@ -157,8 +163,16 @@ def build_for_sparsity(pruned, bias, unpruned, sparsity) -> tuple[dict, dict]:
     return fns, skipped
 
 
+def cache_flusher(megabytes: float, device: str):
+    """A callable that overwrites ``megabytes`` of memory (evicting cached weights), or None for 0."""
+    if megabytes <= 0:
+        return None
+    buffer = torch.empty(int(megabytes * 2**20) // 4, dtype=torch.float32, device=device)
+    return lambda: buffer.fill_(1.0)
+
+
 def bench_point(fns, skipped, pruned, bias, unpruned, batch, args) -> dict:
-    """Checks and times every method at one batch size; returns {method: median ms or None, ...}."""
+    """Checks, then times, every method at one batch size: medians and quartiles in ms, CSR variant, skips."""
     dtype = methods.DTYPES[args.dtype]
     inputs = methods.random_inputs(args.inputs, batch, pruned.shape[1], args.seed + batch, dtype, args.device)
     skipped = dict(skipped)
@@ -184,7 +198,8 @@ def bench_point(fns, skipped, pruned, bias, unpruned, batch, args) -> dict:
     check_same_result({n: o for n, o in outputs.items() if n in methods.SAME_FUNCTION}, ref,
                       *methods.tolerance(dtype))
     timings = measure(fns, inputs, repeats=args.repeats, warmup=args.warmup,
-                      min_sample_s=args.min_sample_ms / 1e3, device=args.device)
+                      min_sample_s=args.min_sample_ms / 1e3, device=args.device,
+                      before_sample=cache_flusher(args.flush_mb, args.device))
     ms = {name: t.median_ms for name, t in timings.items()}
     quartiles = {name: t.quartiles_ms for name, t in timings.items()}
     csr = {v: ms.pop(v) for v in methods.CSR_VARIANTS if v in ms}
@@ -259,7 +274,7 @@ def fmt_x(v):
 def format_table(rows: list[dict], device: str) -> str:
     cols = ["shape", "batch", "sparsity", "dense ms", "ours ms", "csr ms", "csr via", "struct ms"]
     cols += ["2:4 ms"] if device == "cuda" else []
-    cols += ["ours/dense", "ours vs csr"]
+    cols += ["speedup", "ours vs csr"]
     lines = []
     for r in rows:
         ms = r["ms"]
@@ -327,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     found = crossovers(rows)
 
     print(format_table(rows, args.device))
-    print("\ntorch.sparse CSR column = the faster of " + " and ".join(f"{k}: {v}" for k, v in
+    print("\nspeedup = dense ms / ours ms; ours vs csr = csr ms / ours ms (> 1: sparsecomp is faster)")
+    print("torch.sparse CSR column = the faster of " + " and ".join(f"{k}: {v}" for k, v in
                                                                     methods.CSR_VARIANTS.items()) + " (csr via)")
     print("\ncrossover sparsity (lowest sparsity from which the method stays faster than dense, interpolated; "
           f"{CROSSOVER_LEGEND}):")

@@ -70,6 +70,14 @@ def test_measure_excludes_setup_and_returns_medians():
     assert timings["sleeps_when_run"].median_ms == pytest.approx(timings["sleeps_when_run"].median_s * 1e3)
 
 
+def test_measure_does_not_time_the_before_sample_hook():
+    calls = []
+    timings = measure({"a": lambda x: x, "b": lambda x: x}, [1], repeats=3, warmup=0,
+                      before_sample=lambda: (calls.append(1), time.sleep(0.02)))
+    assert len(calls) == 6
+    assert all(t.median_s < 0.01 for t in timings.values())
+
+
 def test_measure_interleaves_methods_and_rotates_inputs():
     log = []
     fns = {name: (lambda x, name=name: log.append((name, x))) for name in "abc"}

@@ -66,8 +66,8 @@ void check_cuda_dtype(const char* op, const char* name, at::ScalarType t) {
 // The SpMM kernel stages global column indices as int32, and the row swizzle stores rows as int32.
 void check_index_range(const char* op, const SparseShape& s, int64_t in_features) {
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK(in_features <= kMax && s.rows <= kMax, op, ": on CUDA in_features and the number of rows must be < 2^31, got ",
-              in_features, " and ", s.rows);
+  TORCH_CHECK(in_features <= kMax && s.rows <= kMax, op,
+              ": on CUDA in_features and the number of rows must be < 2^31, got ", in_features, " and ", s.rows);
 }
 
 kern::SparseStructure structure_of(const at::Tensor& col_idx, const at::Tensor& row_ptr, const SparseShape& s,
@@ -148,6 +148,24 @@ at::Tensor sparse_linear_cuda(const at::Tensor& x, const at::Tensor& values, con
   return forward(x, values.contiguous(), col_idx.contiguous(), row_ptr.contiguous(), b, s, in_features);
 }
 
+// out[n] = W @ x[n] + bias for k-major x [batch, in_features, columns]: run as sparse_linear on the samples
+// (batch * columns rows). Correct and simple; a kernel reading x in place (as the CPU path does) is future work.
+at::Tensor sparse_matmul_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_idx,
+                              const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias, int64_t in_features) {
+  constexpr const char* op = "sparsecomp::sparse_matmul";
+  const SparseShape s = check_sparse_weight(op, values, col_idx, row_ptr, in_features);
+  check_kmajor_operand(op, x, in_features, values);
+  check_bias(op, bias, s.rows, values);
+  check_cuda_dtype(op, "values", values.scalar_type());
+  check_index_range(op, s, in_features);
+  const c10::cuda::CUDAGuard guard(values.device());
+  const int64_t batch = x.size(0), columns = x.size(2);
+  const at::Tensor rows = x.transpose(1, 2).reshape({batch * columns, in_features});
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const at::Tensor y = forward(rows, values.contiguous(), col_idx.contiguous(), row_ptr.contiguous(), b, s, in_features);
+  return y.view({batch, columns, s.rows}).transpose(1, 2).contiguous();
+}
+
 // W^T in tiled-CSR form, built on the device with sort / searchsorted (no host sync). A stable sort by column keeps
 // the nonzeros of each new row in increasing original-row order, which is what makes the result deterministic.
 struct TransposedWeight {
@@ -161,8 +179,9 @@ TransposedWeight transpose_weight(const at::Tensor& values, const at::Tensor& co
   const int64_t segments = s.rows * s.tiles;
   // (row, tile) segment of each nonzero: the last segment starting at or before it. The clamp keeps a malformed
   // row_ptr in range.
-  const at::Tensor seg =
-      at::searchsorted(row_ptr, at::arange(s.nnz, idx), /*out_int32=*/false, /*right=*/true).sub_(1).clamp_(0, segments - 1);
+  const at::Tensor seg = at::searchsorted(row_ptr, at::arange(s.nnz, idx), /*out_int32=*/false, /*right=*/true)
+                             .sub_(1)
+                             .clamp_(0, segments - 1);
   const at::Tensor row = at::div(seg, s.tiles, "trunc");
   at::Tensor col = (seg - row * s.tiles).mul_(kTileCols).add_(col_idx.to(at::kInt).bitwise_and_(0xFFFF));
   col.clamp_max_(in_features);  // invalid columns go to one row past the end, which row_ptr_t never reaches
@@ -245,6 +264,7 @@ at::Tensor sparse_linear_backward_values_cuda(const at::Tensor& grad_out, const 
 
 TORCH_LIBRARY_IMPL(sparsecomp, CUDA, m) {
   m.impl("sparse_linear", &sparse_linear_cuda);
+  m.impl("sparse_matmul", &sparse_matmul_cuda);
   m.impl("sparse_linear_backward_input", &sparse_linear_backward_input_cuda);
   m.impl("sparse_linear_backward_values", &sparse_linear_backward_values_cuda);
 }

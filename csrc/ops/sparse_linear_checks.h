@@ -57,6 +57,15 @@ inline void check_dense_operand(const char* op, const char* name, const at::Tens
               ref.device());
 }
 
+// Checks a k-major [batch, features, columns] operand (sparse_matmul's x).
+inline void check_kmajor_operand(const char* op, const at::Tensor& x, int64_t features, const at::Tensor& values) {
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == features, op, ": x must be 3-D [batch, ", features,
+              ", columns], got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), op, ": x dtype ", x.scalar_type(),
+              " does not match values dtype ", values.scalar_type());
+  TORCH_CHECK(x.device() == values.device(), op, ": x is on ", x.device(), " but values is on ", values.device());
+}
+
 inline void check_bias(const char* op, const c10::optional<at::Tensor>& bias, int64_t rows, const at::Tensor& values) {
   if (!bias.has_value()) return;
   TORCH_CHECK(bias->dim() == 1 && bias->numel() == rows, op, ": bias must have shape [", rows, "], got ",

@@ -55,11 +55,7 @@ at::Tensor sparse_matmul_cpu(const at::Tensor& x, const at::Tensor& values, cons
                              const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias, int64_t in_features) {
   constexpr const char* op = "sparsecomp::sparse_matmul";
   const SparseShape s = check_sparse_weight(op, values, col_idx, row_ptr, in_features);
-  TORCH_CHECK(x.dim() == 3 && x.size(1) == in_features, op, ": x must be 3-D [batch, ", in_features,
-              ", columns], got shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == values.scalar_type(), op, ": x dtype ", x.scalar_type(),
-              " does not match values dtype ", values.scalar_type());
-  TORCH_CHECK(x.device() == values.device(), op, ": x is on ", x.device(), " but values is on ", values.device());
+  check_kmajor_operand(op, x, in_features, values);
   check_bias(op, bias, s.rows, values);
   TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, op,
               ": on CPU values must be float32 or float64, got ", values.scalar_type());

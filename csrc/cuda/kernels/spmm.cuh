@@ -142,7 +142,8 @@ __global__ void __launch_bounds__(kSmallThreads)
   if (row >= w.rows) return;  // warp-uniform: the shuffles below see full warps
   const uint16_t* __restrict__ col_idx = w.col_idx;
 
-  for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kBT; b0 < batch; b0 += static_cast<int64_t>(gridDim.y) * kBT) {
+  for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kBT; b0 < batch;
+       b0 += static_cast<int64_t>(gridDim.y) * kBT) {
     const int bt = static_cast<int>(min64(batch - b0, kBT));
     float acc[kBT];
 #pragma unroll
@@ -196,8 +197,9 @@ __global__ void __launch_bounds__(kSmallThreads)
 // subwarp (__syncwarp(mask)), so subwarps of one warp may run rows of different lengths.
 template <typename T, int kG>
 __global__ void __launch_bounds__(kSpmmThreads)
-    spmm_transposed_kernel(const T* __restrict__ values, const SparseStructure w, const int32_t* __restrict__ row_order,
-                           const T* __restrict__ xt, int64_t ld, const T* __restrict__ bias, T* __restrict__ yt) {
+    spmm_transposed_kernel(const T* __restrict__ values, const SparseStructure w,
+                           const int32_t* __restrict__ row_order, const T* __restrict__ xt, int64_t ld,
+                           const T* __restrict__ bias, T* __restrict__ yt) {
   constexpr int kW = static_cast<int>(vector_width<T>());
   constexpr int kRowsPerBlock = kSpmmThreads / kG;
   __shared__ float s_val[kRowsPerBlock][kSpmmChunk];
@@ -329,7 +331,9 @@ __global__ void __launch_bounds__(kScatterThreads)
   }
 }
 
-inline bool aligned_to(const void* p, std::uintptr_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
+inline bool aligned_to(const void* p, std::uintptr_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
 
 // Smallest power of two >= n, clamped to [1, 32]: the subwarp size that covers n lanes of work.
 inline int subwarp_for(int64_t n) {
@@ -401,8 +405,8 @@ cudaError_t launch_spmm_small_batch(const T* values, const SparseStructure& stru
 }
 
 // yt [rows, ld] = W @ xt + bias[:, None] with xt [cols, ld] (x transposed, batch columns padded to ld). ld must
-// be a multiple of vector_width<T>() and xt, yt 16-byte aligned; padded columns of yt receive garbage-free
-// values computed from the pads. row_order (may be null) is a permutation of the rows giving the processing order.
+// be a multiple of vector_width<T>() and xt, yt 16-byte aligned. The padded columns of yt are computed too (from
+// xt's pads, which should be zero). row_order (may be null) is a permutation of the rows: the processing order.
 template <typename T>
 cudaError_t launch_spmm_transposed(const T* values, const SparseStructure& structure, const int32_t* row_order,
                                    const T* xt, int64_t ld, const T* bias, T* yt, cudaStream_t stream) {
@@ -417,8 +421,10 @@ cudaError_t launch_spmm_transposed(const T* values, const SparseStructure& struc
     const int64_t blocks = detail::ceil_div(w.rows, detail::kSpmmThreads / kG);
     if (!detail::grid_fits(blocks)) return cudaErrorInvalidConfiguration;
     const int64_t n_btiles = detail::ceil_div(ld, kG * vector_width<T>());
-    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(detail::min64(n_btiles, detail::kMaxGridY)));
-    detail::spmm_transposed_kernel<T, kG><<<grid, detail::kSpmmThreads, 0, stream>>>(values, w, row_order, xt, ld, bias, yt);
+    const dim3 grid(static_cast<unsigned>(blocks),
+                    static_cast<unsigned>(detail::min64(n_btiles, detail::kMaxGridY)));
+    detail::spmm_transposed_kernel<T, kG><<<grid, detail::kSpmmThreads, 0, stream>>>(
+        values, w, row_order, xt, ld, bias, yt);
     return cudaGetLastError();
   });
 }
@@ -438,7 +444,8 @@ cudaError_t launch_sddmm(const SparseStructure& structure, const T* gyt, const T
   const int g = detail::subwarp_for(ld / vector_width<T>());
   return detail::with_subwarp(g, [&](auto tag) {
     constexpr int kG = decltype(tag)::value;
-    detail::sddmm_kernel<T, kG><<<static_cast<unsigned>(blocks), detail::kSddmmThreads, 0, stream>>>(w, gyt, xt, ld, grad_values);
+    detail::sddmm_kernel<T, kG><<<static_cast<unsigned>(blocks), detail::kSddmmThreads, 0, stream>>>(
+        w, gyt, xt, ld, grad_values);
     return cudaGetLastError();
   });
 }
@@ -455,7 +462,8 @@ cudaError_t launch_spmm_t_scatter(const T* values, const SparseStructure& struct
   const int g = detail::subwarp_for(batch);
   return detail::with_subwarp(g, [&](auto tag) {
     constexpr int kG = decltype(tag)::value;
-    detail::spmm_t_scatter_kernel<T, kG><<<static_cast<unsigned>(blocks), detail::kScatterThreads, 0, stream>>>(values, w, gyt, batch, gxt);
+    detail::spmm_t_scatter_kernel<T, kG><<<static_cast<unsigned>(blocks), detail::kScatterThreads, 0, stream>>>(
+        values, w, gyt, batch, gxt);
     return cudaGetLastError();
   });
 }
