@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sample-ms", type=float, default=1.0,
                    help="a timed sample averages enough calls to last this long (keeps timer overhead out)")
     p.add_argument("--flush-mb", type=float, default=0.0,
-                   help="before every timed sample, untimed, overwrite a buffer of this many MB so weights start "
+                   help="before every timed sample, untimed, read a buffer of this many MB so weights start "
                         "cold: more than the last-level cache (lscpu; ~50 MB L2 on H100), with --min-sample-ms 0 "
                         "(else only the first call of a batched sample is cold); default 0: off")
     p.add_argument("--threads", type=_positive_int, help="torch threads (default: all cores, os.cpu_count())")
@@ -164,11 +164,15 @@ def build_for_sparsity(pruned, bias, unpruned, sparsity) -> tuple[dict, dict]:
 
 
 def cache_flusher(megabytes: float, device: str):
-    """A callable that overwrites ``megabytes`` of memory (evicting cached weights), or None for 0."""
+    """A callable that reads ``megabytes`` of memory (evicting cached weights), or None for 0.
+
+    It reads rather than writes: written lines would be dirty, and writing them back would be charged to the
+    timed call that evicts them. The buffer is written once here so its pages are real, not the zero page.
+    """
     if megabytes <= 0:
         return None
-    buffer = torch.empty(int(megabytes * 2**20) // 4, dtype=torch.float32, device=device)
-    return lambda: buffer.fill_(1.0)
+    buffer = torch.ones(int(megabytes * 2**20) // 4, dtype=torch.float32, device=device)
+    return lambda: buffer.sum()
 
 
 def bench_point(fns, skipped, pruned, bias, unpruned, batch, args) -> dict:

@@ -234,11 +234,7 @@ at::Tensor sparse_linear_backward_values_cuda(const at::Tensor& grad_out, const 
                                               const at::Tensor& col_idx, const at::Tensor& row_ptr,
                                               int64_t in_features) {
   constexpr const char* op = "sparsecomp::sparse_linear_backward_values";
-  const SparseShape s = check_sparse_structure(op, col_idx, row_ptr, in_features);
-  check_dense_operand(op, "x", x, in_features, grad_out, "grad_out");
-  check_dense_operand(op, "grad_out", grad_out, s.rows, x, "x");
-  TORCH_CHECK(x.device() == col_idx.device(), op, ": x is on ", x.device(), " but col_idx is on ", col_idx.device());
-  TORCH_CHECK(grad_out.size(0) == x.size(0), op, ": grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
+  const SparseShape s = check_backward_values_args(op, grad_out, x, col_idx, row_ptr, in_features);
   check_cuda_dtype(op, "x", x.scalar_type());
   check_index_range(op, s, in_features);
   const c10::cuda::CUDAGuard guard(x.device());

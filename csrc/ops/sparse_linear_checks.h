@@ -76,4 +76,16 @@ inline void check_bias(const char* op, const c10::optional<at::Tensor>& bias, in
               values.device());
 }
 
+// Checks the operands of sparse_linear_backward_values and returns the weight's shape.
+inline SparseShape check_backward_values_args(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                                              const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                                              int64_t in_features) {
+  const SparseShape s = check_sparse_structure(op, col_idx, row_ptr, in_features);
+  check_dense_operand(op, "x", x, in_features, grad_out, "grad_out");
+  check_dense_operand(op, "grad_out", grad_out, s.rows, x, "x");
+  TORCH_CHECK(x.device() == col_idx.device(), op, ": x is on ", x.device(), " but col_idx is on ", col_idx.device());
+  TORCH_CHECK(grad_out.size(0) == x.size(0), op, ": grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
+  return s;
+}
+
 }  // namespace sparsecomp

@@ -116,15 +116,11 @@ at::Tensor sparse_linear_backward_values_cpu(const at::Tensor& grad_out, const a
                                              const at::Tensor& col_idx, const at::Tensor& row_ptr,
                                              int64_t in_features) {
   constexpr const char* op = "sparsecomp::sparse_linear_backward_values";
-  const SparseShape s = check_sparse_structure(op, col_idx, row_ptr, in_features);
-  check_dense_operand(op, "x", x, in_features, grad_out, "grad_out");
-  check_dense_operand(op, "grad_out", grad_out, s.rows, x, "x");
-  TORCH_CHECK(x.device() == col_idx.device(), op, ": x is on ", x.device(), " but col_idx is on ", col_idx.device());
+  const SparseShape s = check_backward_values_args(op, grad_out, x, col_idx, row_ptr, in_features);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": on CPU x must be float32 or float64, got ", x.scalar_type());
   const at::Tensor ci = col_idx.contiguous(), rp = row_ptr.contiguous();
   check_row_ptr_cpu(op, rp, s.nnz);
-  TORCH_CHECK(grad_out.size(0) == x.size(0), op, ": grad_out has ", grad_out.size(0), " rows but x has ", x.size(0));
   at::Tensor grad_values = at::empty({s.nnz}, x.options());
   if (s.nnz == 0) return grad_values;
   const int64_t batch = x.size(0);
