@@ -125,6 +125,18 @@ def _calls_per_sample(fn: Callable[[Any], Any], x: Any, min_sample_s: float, syn
     return max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(min_sample_s / one_call)))
 
 
+def cache_flusher(megabytes: float, device: str | torch.device) -> Callable[[], Any] | None:
+    """A callable that reads ``megabytes`` of memory (evicting cached weights), or None for 0.
+
+    It reads rather than writes: written lines would be dirty, and writing them back would be charged to the
+    timed call that evicts them. The buffer is written once here so its pages are real, not the zero page.
+    """
+    if megabytes <= 0:
+        return None
+    buffer = torch.ones(int(megabytes * 2**20) // 4, dtype=torch.float32, device=device)
+    return lambda: buffer.sum()
+
+
 def check_same_result(outputs: Mapping[str, torch.Tensor], ref: torch.Tensor, rtol: float, atol: float) -> None:
     """Raises :class:`ResultMismatch` naming every method whose output differs from ``ref``.
 

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from bench import sparse_linear_methods as methods
-from bench.harness import check_same_result, crossover, measure
+from bench.harness import cache_flusher, check_same_result, crossover, measure
 from bench.machine import machine_info
 
 FULL_GRID = {"shapes": [(4096, 4096)], "batch": [1, 16, 128],
@@ -161,18 +161,6 @@ def build_for_sparsity(pruned, bias, unpruned, sparsity) -> tuple[dict, dict]:
         except Exception as err:
             skipped[name] = _reason(err)
     return fns, skipped
-
-
-def cache_flusher(megabytes: float, device: str):
-    """A callable that reads ``megabytes`` of memory (evicting cached weights), or None for 0.
-
-    It reads rather than writes: written lines would be dirty, and writing them back would be charged to the
-    timed call that evicts them. The buffer is written once here so its pages are real, not the zero page.
-    """
-    if megabytes <= 0:
-        return None
-    buffer = torch.ones(int(megabytes * 2**20) // 4, dtype=torch.float32, device=device)
-    return lambda: buffer.sum()
 
 
 def bench_point(fns, skipped, pruned, bias, unpruned, batch, args) -> dict:

@@ -3,6 +3,10 @@
     pytest bench/ --benchmark-only                      # everything (a few minutes on 2 cores)
     pytest bench/ --benchmark-only -k "b1-"             # batch 1 only
     pytest bench/ --benchmark-only --benchmark-autosave  # then --benchmark-compare after a kernel change
+    BENCH_FLUSH_MB=1024 pytest bench/ --benchmark-only   # cold weights: evict caches before every call
+
+By default each method runs back to back, so its weight stays warm in cache (on a large-L3 CPU that
+flatters every method, the smaller sparse weights most); sweep_sparse.py interleaves methods instead.
 
 One benchmark group per (batch, sparsity) so compare tables line the three methods up. Weight pruning and
 conversion happen once per sparsity in cached helpers, outside the timed calls; each test first checks its
@@ -12,18 +16,21 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 
 import pytest
 import torch
 
 from bench import sparse_linear_methods as methods
-from bench.harness import check_same_result, measure
+from bench.harness import cache_flusher, check_same_result, measure
 
 OUT_FEATURES = IN_FEATURES = 4096
 BATCHES = (1, 16, 128)
 SPARSITIES = (0.3, 0.4, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 METHODS = ("dense", "sparsecomp", "torch_csr")
 N_INPUTS = 4
+FLUSH_MB = float(os.environ.get("BENCH_FLUSH_MB", "0"))  # > 0: read this much memory (untimed) before each call
+FLUSH_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "20"))  # rounds per test in cold mode (pedantic: no calibration)
 # Sparsity outermost, so the cached setup of one sparsity is reused by all its tests before being replaced.
 CASES = [(s, b, m) for s in SPARSITIES for b in BATCHES for m in METHODS]
 
@@ -77,4 +84,13 @@ def test_sparse_linear(benchmark, sparsity, batch, method):
         for x in inputs:  # warm up on every input
             fn(x)
         rotating = itertools.cycle(inputs)  # a different input each call, as in sweep_sparse.py
-        benchmark(lambda: fn(next(rotating)))
+        flush = cache_flusher(FLUSH_MB, "cpu")
+        if flush is None:
+            benchmark(lambda: fn(next(rotating)))
+        else:
+            def evict_then_pick_input():  # pedantic's setup is not timed
+                flush()
+                return (next(rotating),), {}
+
+            benchmark.extra_info["flush_mb"] = FLUSH_MB
+            benchmark.pedantic(fn, setup=evict_then_pick_input, rounds=FLUSH_ROUNDS)
