@@ -24,9 +24,10 @@ void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Ten
   const std::vector<int64_t> bounds = balanced_row_bounds(w.row_ptr, rows, w.tiles, chunks);
   const T* xp = x.data_ptr<T>();
   T* yp = out.data_ptr<T>();
+  const int64_t work = batch * w.row_ptr[rows * w.tiles];
 
   if (batch <= kGemvMaxBatch) {
-    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * chunks, parallel_grain(batch * chunks, work), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / chunks, c = item % chunks;
         spmv<T>(isa, w, xp + b * w.cols, bias, yp + b * rows, bounds[c], bounds[c + 1]);
@@ -46,14 +47,14 @@ void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Ten
   T* xtp = xt.data_ptr<T>();
   constexpr int64_t kPackCols = 256;
   const int64_t col_blocks = std::max<int64_t>(1, (cols + kPackCols - 1) / kPackCols);
-  at::parallel_for(0, n_tiles * col_blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_tiles * col_blocks, parallel_grain(n_tiles * col_blocks, work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / col_blocks, k0 = (item % col_blocks) * kPackCols;
       cpu::pack_transposed_portable<T>(xp + t * tile * cols, cols, tile_bt(t), xtp + t * cols * tile, tile_ld(t), k0,
                                        std::min(cols, k0 + kPackCols));
     }
   });
-  at::parallel_for(0, n_tiles * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_tiles * chunks, parallel_grain(n_tiles * chunks, work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / chunks, c = item % chunks;
       const cpu::DenseTile<T> xs{xtp + t * cols * tile, tile_ld(t), tile_ld(t), tile_bt(t)};
@@ -104,7 +105,7 @@ at::Tensor sparse_linear_backward_input_cpu(const at::Tensor& grad_out, const at
     const std::vector<int64_t> bounds = balanced_row_bounds(w.row_ptr, s.rows, s.tiles, chunks);
     scalar_t* pp = partial.data_ptr<scalar_t>();
     const scalar_t* g = gyt.data_ptr<scalar_t>();
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, chunks, parallel_grain(chunks, batch * s.nnz), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c)
         cpu::spmm_t_rows_portable<scalar_t>(w, g, batch, pp + c * in_features * batch, bounds[c], bounds[c + 1]);
     });
@@ -134,7 +135,7 @@ at::Tensor sparse_linear_backward_values_cpu(const at::Tensor& grad_out, const a
     const scalar_t* g = gyt.data_ptr<scalar_t>();
     const scalar_t* xp = xt.data_ptr<scalar_t>();
     scalar_t* gv = grad_values.data_ptr<scalar_t>();
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, chunks, parallel_grain(chunks, batch * s.nnz), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c)
         cpu::sddmm_rows_portable<scalar_t>(w, g, xp, batch, gv, bounds[c], bounds[c + 1]);
     });

@@ -22,13 +22,14 @@ void matmul(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Tens
   const bool pack_last = last_ld != last_bt;
   const T* xp = x.data_ptr<T>();
   T* yp = out.data_ptr<T>();
+  const int64_t work = batch * len * w.row_ptr[rows * w.tiles];
 
   at::Tensor tail;
   if (pack_last) {
     tail = at::empty({batch * cols * last_ld}, x.options());
     T* tp = tail.data_ptr<T>();
     const int64_t first = (n_tiles - 1) * tile;
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch, parallel_grain(batch, work), [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n)
         cpu::pack_rows_portable<T>(xp + n * cols * len + first, len, last_bt, tp + n * cols * last_ld, last_ld, 0,
                                    cols);
@@ -37,7 +38,7 @@ void matmul(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Tens
   const T* tp = pack_last ? tail.data_ptr<T>() : nullptr;
   const int64_t chunks = chunk_count(rows);
   const std::vector<int64_t> bounds = balanced_row_bounds(w.row_ptr, rows, w.tiles, chunks);
-  at::parallel_for(0, batch * n_tiles * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * n_tiles * chunks, parallel_grain(batch * n_tiles * chunks, work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (n_tiles * chunks), t = (item / chunks) % n_tiles, c = item % chunks;
       const bool last = t + 1 == n_tiles;
