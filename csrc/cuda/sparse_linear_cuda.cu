@@ -162,7 +162,8 @@ at::Tensor sparse_matmul_cuda(const at::Tensor& x, const at::Tensor& values, con
   const int64_t batch = x.size(0), columns = x.size(2);
   const at::Tensor rows = x.transpose(1, 2).reshape({batch * columns, in_features});
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor y = forward(rows, values.contiguous(), col_idx.contiguous(), row_ptr.contiguous(), b, s, in_features);
+  const at::Tensor y =
+      forward(rows, values.contiguous(), col_idx.contiguous(), row_ptr.contiguous(), b, s, in_features);
   return y.view({batch, columns, s.rows}).transpose(1, 2).contiguous();
 }
 

@@ -56,9 +56,14 @@ inline std::vector<int64_t> balanced_row_bounds(const int64_t* row_ptr, int64_t 
 constexpr int64_t kSerialWork = 1 << 16;
 
 // Grain for at::parallel_for over `items` work items: everything inline when the call is small.
-inline int64_t parallel_grain(int64_t items, int64_t work) { return work < kSerialWork ? std::max<int64_t>(items, 1) : 1; }
+inline int64_t parallel_grain(int64_t items, int64_t work) {
+  return work < kSerialWork ? std::max<int64_t>(items, 1) : 1;
+}
 
-inline int64_t chunk_count(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)); }
+// One chunk of rows per thread (the chunks are nnz-balanced, so static scheduling is balanced too).
+inline int64_t chunk_count(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+}
 
 // Row length of a packed batch tile: a multiple of the vector width (8-wide on AVX-512 too for bt <= 8,
 // where the AVX-512 path runs the ymm kernel instead of padding to 16).

@@ -47,7 +47,8 @@ void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Ten
   T* xtp = xt.data_ptr<T>();
   constexpr int64_t kPackCols = 256;
   const int64_t col_blocks = std::max<int64_t>(1, (cols + kPackCols - 1) / kPackCols);
-  at::parallel_for(0, n_tiles * col_blocks, parallel_grain(n_tiles * col_blocks, work), [&](int64_t begin, int64_t end) {
+  const int64_t pack_items = n_tiles * col_blocks;
+  at::parallel_for(0, pack_items, parallel_grain(pack_items, work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / col_blocks, k0 = (item % col_blocks) * kPackCols;
       cpu::pack_transposed_portable<T>(xp + t * tile * cols, cols, tile_bt(t), xtp + t * cols * tile, tile_ld(t), k0,

@@ -38,7 +38,8 @@ void matmul(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Tens
   const T* tp = pack_last ? tail.data_ptr<T>() : nullptr;
   const int64_t chunks = chunk_count(rows);
   const std::vector<int64_t> bounds = balanced_row_bounds(w.row_ptr, rows, w.tiles, chunks);
-  at::parallel_for(0, batch * n_tiles * chunks, parallel_grain(batch * n_tiles * chunks, work), [&](int64_t begin, int64_t end) {
+  const int64_t items = batch * n_tiles * chunks;
+  at::parallel_for(0, items, parallel_grain(items, work), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (n_tiles * chunks), t = (item / chunks) % n_tiles, c = item % chunks;
       const bool last = t + 1 == n_tiles;

@@ -33,7 +33,8 @@ class SparseLinear(SparseWeightMixin, nn.Module):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         w = (linear.weight if weight is None else weight).detach()
         if tuple(w.shape) != (linear.out_features, linear.in_features):
-            raise ValueError(f"weight must have shape {(linear.out_features, linear.in_features)}, got {tuple(w.shape)}")
+            raise ValueError(f"weight must have shape {(linear.out_features, linear.in_features)}, "
+                             f"got {tuple(w.shape)}")
         csr = TiledCSR.from_dense(w)  # rejects non-float weights before anything is built
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device=w.device,
                      dtype=w.dtype)
