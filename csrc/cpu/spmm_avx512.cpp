@@ -43,22 +43,8 @@ inline float gather_dot(const float* vals, const uint16_t* idx, int64_t n, const
 template <int V, int U>
 inline void axpy_rows(const float* vals, const uint16_t* idx, int64_t n, const float* xs, int64_t ldx,
                       __m512 (&acc)[U][V]) {
-  // xt rows are picked at random by the column indices, so the hardware prefetcher cannot help: fetch the
-  // rows kPrefetch nonzeros ahead into L1 ourselves.
-  constexpr int64_t kPrefetch = 16;
+  // (A software prefetch of the xt rows 16 nonzeros ahead was measured here: no gain, up to 15% loss.)
   int64_t p = 0;
-  for (; p + U + kPrefetch <= n; p += U) {
-#pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) {
-      const float* ahead = xs + static_cast<int64_t>(idx[p + u + kPrefetch]) * ldx;
-#pragma GCC unroll 4
-      for (int i = 0; i < V; ++i) _mm_prefetch(reinterpret_cast<const char*>(ahead + 16 * i), _MM_HINT_T0);
-      const __m512 v = _mm512_set1_ps(vals[p + u]);
-      const float* xr = xs + static_cast<int64_t>(idx[p + u]) * ldx;
-#pragma GCC unroll 4
-      for (int i = 0; i < V; ++i) acc[u][i] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xr + 16 * i), acc[u][i]);
-    }
-  }
   for (; p + U <= n; p += U) {
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
