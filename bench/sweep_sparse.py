@@ -60,14 +60,23 @@ def _shape(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def _batch(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"batch must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"batch must be a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    """argparse type: an integer >= minimum, with an error that says what was expected."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+            raise argparse.ArgumentTypeError(f"{what} must be {kind}, got {text!r}".lstrip())
+        return value
+    return parse
+
+
+_batch = _int_at_least(1, "batch")
+_positive_int = _int_at_least(1, "")
+_non_negative_int = _int_at_least(0, "")
 
 
 def _sparsity(text: str) -> float:
@@ -77,26 +86,6 @@ def _sparsity(text: str) -> float:
         raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 1), got {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1) (1 would leave no weights), got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
     return value
 
 
