@@ -70,3 +70,16 @@ def test_gradcheck(gen):
     b = torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True)
     v = values.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda x, v, b: op(x, v, col_idx, row_ptr, b, 8), (x, v, b))
+
+
+def test_nonfinite_input_as_dense(cpu_isa, gen):
+    """NaN/Inf in x give the NaN/Inf pattern of the dense product W @ x[n] (0 * Inf = NaN for pruned weights)."""
+    w = random_pruned(9, 12, 0.7, generator=gen)
+    x = torch.randn(3, 12, 21, generator=gen)
+    x[0, 4, 3] = float("nan")
+    x[2, 7, 20] = float("inf")
+    out = op(x, *to_csr(w), None, 12)
+    dense = w @ x
+    assert torch.equal(out.isnan(), dense.isnan()) and torch.equal(out.isinf(), dense.isinf())
+    finite = dense.isfinite()
+    torch.testing.assert_close(out[finite], dense[finite], rtol=1e-5, atol=1e-5)

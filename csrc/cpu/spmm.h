@@ -71,6 +71,10 @@ template <typename T>
 void pack_rows_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int64_t ldx, int64_t row_begin,
                         int64_t row_end);
 
+// True iff none of x[0..n) is NaN or +-Inf (an exponent test on the bits: one vectorizable pass).
+template <typename T>
+bool all_finite_portable(const T* x, int64_t n);
+
 // Widest sample tile each path handles in registers (DenseTile::width must not exceed it).
 constexpr int64_t kMaxTileAvx512 = 64;
 constexpr int64_t kMaxTileAvx2 = 32;

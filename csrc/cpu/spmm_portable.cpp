@@ -1,5 +1,6 @@
 // Portable kernels: any x86-64 (or other) CPU, and the float64 path used by gradcheck.
 #include <algorithm>
+#include <cstring>
 
 #include "spmm.h"
 
@@ -66,6 +67,25 @@ void pack_rows_portable(const T* x, int64_t ld_in, int64_t bt, T* xt, int64_t ld
   }
 }
 
+namespace {
+template <typename T> struct ExponentBits;
+template <> struct ExponentBits<float> { using U = uint32_t; static constexpr U mask = 0x7F800000u; };
+template <> struct ExponentBits<double> { using U = uint64_t; static constexpr U mask = 0x7FF0000000000000ull; };
+}  // namespace
+
+template <typename T>
+bool all_finite_portable(const T* x, int64_t n) {
+  using U = typename ExponentBits<T>::U;
+  constexpr U mask = ExponentBits<T>::mask;
+  U any_special = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U bits;
+    std::memcpy(&bits, x + i, sizeof(U));
+    any_special |= static_cast<U>((bits & mask) == mask);
+  }
+  return any_special == 0;
+}
+
 template <typename T>
 void spmm_t_rows_portable(const SparseRows<T>& w, const T* grad_yt, int64_t batch, T* grad_xt, int64_t row_begin,
                           int64_t row_end) {
@@ -105,6 +125,7 @@ void sddmm_rows_portable(const SparseRows<T>& w, const T* grad_yt, const T* xt, 
                                       int64_t, int64_t);                                                          \
   template void pack_transposed_portable<T>(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t);       \
   template void pack_rows_portable<T>(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t);             \
+  template bool all_finite_portable<T>(const T*, int64_t);                                                     \
   template void spmm_t_rows_portable<T>(const SparseRows<T>&, const T*, int64_t, T*, int64_t, int64_t);          \
   template void sddmm_rows_portable<T>(const SparseRows<T>&, const T*, const T*, int64_t, T*, int64_t, int64_t);
 SPARSECOMP_INSTANTIATE(float)

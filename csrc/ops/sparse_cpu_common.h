@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -99,6 +101,44 @@ void spmm(Isa isa, const SparseRows<T>& w, const cpu::DenseTile<T>& x, const T* 
 template <typename T>
 Isa isa_for() {
   return std::is_same_v<T, float> ? cpu::active_isa() : Isa::Scalar;
+}
+
+// Dense F.linear computes 0 * x for every pruned weight, so a NaN or Inf in x[b, k] makes y[b, o] NaN for each
+// row o with no nonzero in column k; the kernels skip those products. This restores the dense result. Cost when
+// x is finite (the normal case): one isfinite pass over x. x: [batch, cols]; out: [batch, rows].
+inline bool all_finite(const at::Tensor& x) {
+  std::atomic<bool> finite{true};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "all_finite", [&] {
+    const scalar_t* p = x.data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+      if (!cpu::all_finite_portable<scalar_t>(p + begin, end - begin)) finite.store(false, std::memory_order_relaxed);
+    });
+  });
+  return finite.load();
+}
+
+// x must be contiguous.
+inline void propagate_nonfinite_like_dense(const at::Tensor& x, const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                                           int64_t rows, int64_t tiles, at::Tensor& out) {
+  if (all_finite(x)) return;
+  const at::Tensor bad = at::logical_not(at::isfinite(x));
+  const at::Tensor bad_cols = std::get<0>(at::_unique(bad.any(0).nonzero().squeeze(1)));  // columns with any
+  const int64_t cols = x.size(1);
+  // Which of those columns each row stores: a [rows, n_bad] pattern built from the compressed structure.
+  const at::Tensor seg = at::repeat_interleave(at::arange(rows * tiles, row_ptr.options()),
+                                               row_ptr.narrow(0, 1, rows * tiles) - row_ptr.narrow(0, 0, rows * tiles));
+  const at::Tensor nz_row = at::floor_divide(seg, tiles);
+  const at::Tensor nz_col = at::remainder(seg, tiles) * kTileCols + at::bitwise_and(col_idx.to(at::kLong), 0xFFFF);
+  at::Tensor slot = at::full({cols}, -1, row_ptr.options());
+  slot.index_put_({bad_cols}, at::arange(bad_cols.numel(), row_ptr.options()));
+  const at::Tensor nz_slot = slot.index_select(0, nz_col);
+  const at::Tensor keep = nz_slot.ge(0);
+  at::Tensor stored = at::zeros({rows, bad_cols.numel()}, x.options());
+  stored.index_put_({nz_row.masked_select(keep), nz_slot.masked_select(keep)}, at::ones({}, x.options()));
+  // y[b, o] is NaN where x[b, k] is non-finite for some k that row o does not store.
+  const at::Tensor missing = (bad.index_select(1, bad_cols).to(x.scalar_type()))
+                                 .matmul((1 - stored).t());
+  out.masked_fill_(missing.gt(0), std::numeric_limits<double>::quiet_NaN());
 }
 
 }  // namespace sparsecomp::cpu_binding

@@ -82,6 +82,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values, cons
     forward<scalar_t>(xc, view_of<scalar_t>(v, ci, rp, s, in_features), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
                       out);
   });
+  propagate_nonfinite_like_dense(xc, ci, rp, s.rows, s.tiles, out);
   return out;
 }
 

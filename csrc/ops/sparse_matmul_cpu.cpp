@@ -71,6 +71,13 @@ at::Tensor sparse_matmul_cpu(const at::Tensor& x, const at::Tensor& values, cons
     matmul<scalar_t>(xc, view_of<scalar_t>(v, ci, rp, s, in_features), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
                      out);
   });
+  if (!all_finite(xc)) {
+    // Dense semantics for non-finite inputs, applied to the samples as rows ([batch * columns, in_features]).
+    at::Tensor out_rows = out.transpose(1, 2).reshape({-1, s.rows});
+    const at::Tensor x_rows = xc.transpose(1, 2).reshape({-1, in_features}).contiguous();
+    propagate_nonfinite_like_dense(x_rows, ci, rp, s.rows, s.tiles, out_rows);
+    out.copy_(out_rows.view({x.size(0), x.size(2), s.rows}).transpose(1, 2));
+  }
   return out;
 }
 
