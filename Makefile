@@ -14,7 +14,7 @@ $(PY):
 $(STAMP): $(PY) $(SOURCES)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install ninja "setuptools>=64" wheel numpy
-	$(PY) -m pip install --no-build-isolation -e ".[test]"
+	$(PY) -m pip install --no-build-isolation -e ".[test,examples]"
 	@touch $(STAMP)
 
 install: $(STAMP)

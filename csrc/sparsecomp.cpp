@@ -18,6 +18,25 @@ TORCH_LIBRARY(sparsecomp, m) {
   // grad of the stored nonzeros only: grad_values[p] = sum_b grad_out[b, row(p)] * x[b, col(p)].
   m.def("sparse_linear_backward_values(Tensor grad_out, Tensor x, Tensor col_idx, Tensor row_ptr,"
         " int in_features) -> Tensor");
+
+  // Binary (1-bit) layers. Packed layout (csrc/cpu/bitpack.h): sign bits along the last dim, bit i of int64
+  // word w = element 64w+i (little-endian, so also bit i of int32 word v = element 32v+i), 1 means +1
+  // (x >= 0, NaN -> -1) and 0 means -1; tail bits past the last element are 0.
+  // bitpack: float [..., C] -> int64 [..., ceil(C/64)].
+  m.def("bitpack(Tensor x) -> Tensor");
+  // bitunpack: int64 [..., W] -> float32 [..., size] of +1/-1 (size <= 64 W).
+  m.def("bitunpack(Tensor packed, int size) -> Tensor");
+  // y[m, o] = act(alpha[o] * sum_k s(x[m, k]) * sign(W[o, k]) + bias[o]), weight_bits [O, ceil(K/64)];
+  // s = sign (+1 for v >= 0) when binarize_input, else identity (BinaryConnect). activation: 'none' | 'relu'.
+  m.def("binary_linear(Tensor x, Tensor weight_bits, Tensor alpha, Tensor? bias, int in_features,"
+        " bool binarize_input=True, str activation='none') -> Tensor");
+  // y = act(alpha[o] * conv2d(s(x), sign(W), stride, padding, dilation, groups) + bias[o]) for NCHW x (or
+  // channels_last; the output keeps x's memory format). weight_bits [O, kh, kw, ceil((C/groups)/64)].
+  // padding_mode 'zeros': padded taps contribute 0, as in torch's zero-padded conv of s(x); 'ones': they
+  // count as +1 (Larq style; binarize_input only).
+  m.def("binary_conv2d(Tensor x, Tensor weight_bits, Tensor alpha, Tensor? bias, int in_channels,"
+        " int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups,"
+        " bool binarize_input=True, str padding_mode='zeros', str activation='none') -> Tensor");
 }
 
 namespace {

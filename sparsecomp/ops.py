@@ -98,3 +98,68 @@ def _sparse_matmul_backward(ctx, grad_out):
 
 torch.library.register_autograd("sparsecomp::sparse_matmul", _sparse_matmul_backward,
                                 setup_context=_sparse_linear_setup_context)
+
+
+# ---- binary (1-bit) ops: layout and semantics in csrc/sparsecomp.cpp and csrc/cpu/bitpack.h ----
+
+def bitpack(x: torch.Tensor) -> torch.Tensor:
+    """Sign bits of ``x`` along its last dim: float [..., C] -> int64 [..., ceil(C/64)], bit set = (x >= 0)."""
+    return _lib.bitpack(x)
+
+
+def bitunpack(packed: torch.Tensor, size: int) -> torch.Tensor:
+    """Inverse of :func:`bitpack`: int64 [..., W] -> float32 [..., size] of +1/-1."""
+    return _lib.bitunpack(packed, size)
+
+
+def binary_linear(x: torch.Tensor, weight_bits: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
+                  in_features: int, binarize_input: bool = True, activation: str = "none") -> torch.Tensor:
+    """``act(alpha * (s(x) @ sign(W).T) + bias)`` for a 2-D ``x``; ``s`` = sign (binarize_input) or identity."""
+    return _lib.binary_linear(x, weight_bits, alpha, bias, in_features, binarize_input, activation)
+
+
+def binary_conv2d(x: torch.Tensor, weight_bits: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
+                  in_channels: int, kernel_size, stride, padding, dilation, groups: int,
+                  binarize_input: bool = True, padding_mode: str = "zeros", activation: str = "none"
+                  ) -> torch.Tensor:
+    """``act(alpha[o] * conv2d(s(x), sign(W)) + bias[o])``; zero padding contributes 0 (``padding_mode='zeros'``)."""
+    return _lib.binary_conv2d(x, weight_bits, alpha, bias, in_channels, list(kernel_size), list(stride),
+                              list(padding), list(dilation), groups, binarize_input, padding_mode, activation)
+
+
+def _words(size: int) -> int:
+    return (size + 63) // 64
+
+
+@torch.library.register_fake("sparsecomp::bitpack")
+def _bitpack_fake(x):
+    torch._check(x.dim() >= 1, lambda: "bitpack: x must have at least one dimension")
+    return x.new_empty((*x.shape[:-1], _words(x.shape[-1])), dtype=torch.int64)
+
+
+@torch.library.register_fake("sparsecomp::bitunpack")
+def _bitunpack_fake(packed, size):
+    torch._check(packed.dim() >= 1, lambda: "bitunpack: packed must have at least one dimension")
+    return packed.new_empty((*packed.shape[:-1], size), dtype=torch.float32)
+
+
+@torch.library.register_fake("sparsecomp::binary_linear")
+def _binary_linear_fake(x, weight_bits, alpha, bias, in_features, binarize_input, activation):
+    torch._check(x.dim() == 2, lambda: f"binary_linear: x must be 2-D, got {x.dim()}-D")
+    torch._check(x.shape[1] == in_features, lambda: f"binary_linear: x must have {in_features} columns")
+    return x.new_empty((x.shape[0], weight_bits.shape[0]))
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@torch.library.register_fake("sparsecomp::binary_conv2d")
+def _binary_conv2d_fake(x, weight_bits, alpha, bias, in_channels, kernel_size, stride, padding, dilation, groups,
+                        binarize_input, padding_mode, activation):
+    torch._check(x.dim() == 4, lambda: f"binary_conv2d: x must be 4-D NCHW, got {x.dim()}-D")
+    oh = conv_output_size(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0])
+    ow = conv_output_size(x.shape[3], kernel_size[1], stride[1], padding[1], dilation[1])
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.new_empty((x.shape[0], weight_bits.shape[0], oh, ow), memory_format=fmt)
