@@ -41,6 +41,15 @@ Isa detect_isa() {
   return Isa::Scalar;
 }
 
+bool has_avx512_vpopcntdq() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return detect_isa() == Isa::Avx512 && __builtin_cpu_supports("avx512vpopcntdq");
+#else
+  return false;
+#endif
+}
+
 Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_relaxed)); }
 
 void set_active_isa(const std::string& name) {

@@ -14,5 +14,7 @@ Isa active_isa();
 // Lowers (or restores) the ISA in use; asking for more than the CPU has raises std::invalid_argument.
 void set_active_isa(const std::string& name);
 const char* isa_name(Isa isa);
+// AVX512_VPOPCNTDQ (vector popcount, Ice Lake and later): the AVX-512 binary GEMM needs it on top of Avx512.
+bool has_avx512_vpopcntdq();
 
 }  // namespace sparsecomp::cpu

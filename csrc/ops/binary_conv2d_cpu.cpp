@@ -1,0 +1,248 @@
+// CPU binding of binary_conv2d: y = act(alpha[o] * conv2d(s(x), sign(W)) + bias[o]).
+//
+// binarize_input: (1) pack x to sign bits per position and group ([N][H][W][G][Cw] words, from NCHW planes or
+// channels_last rows); (2) im2col of bits into B panels of 16 output positions, a zero word for each
+// out-of-frame tap ('zeros') or the all-channels +1 word ('ones'); (3) popcount GEMM of the weight rows against
+// each panel with the epilogue fused. A zero word still counts popcount(W[o, tap]) mismatches, so positions
+// whose taps leave the frame get a correction: their pattern of out-of-frame taps (one interval of kernel rows
+// and one of kernel columns are valid) indexes a table of per-channel popcounts of the missing taps.
+// BinaryConnect (binarize_input=false): the weights are unpacked to +-alpha floats and torch's conv2d runs;
+// there is no XNOR to exploit with real activations, only the 32x smaller stored weights.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "binary_checks.h"
+#include "binary_cpu_common.h"
+
+namespace sparsecomp {
+namespace {
+
+using cpu::kPanelCols;
+
+// Valid kernel index interval [lo, hi) for output coordinate o along one axis.
+std::pair<int64_t, int64_t> valid_taps(int64_t o, int64_t stride, int64_t pad, int64_t dil, int64_t k, int64_t size) {
+  int64_t lo = k, hi = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t in = o * stride - pad + i * dil;
+    if (in >= 0 && in < size) { lo = std::min(lo, i); hi = std::max(hi, i + 1); }
+  }
+  return lo < hi ? std::make_pair(lo, hi) : std::make_pair(int64_t{0}, int64_t{0});
+}
+
+// Border patterns of the output positions of one image and their correction tables (see file comment).
+struct BorderPatterns {
+  std::vector<int32_t> col_pattern;  // [oh * ow]
+  std::vector<int32_t> base;         // [patterns]: channels per group * valid taps
+  std::vector<int32_t> cor;          // [patterns][out_channels]
+};
+
+BorderPatterns border_patterns(const ConvGeometry& g, const uint64_t* w) {
+  using Interval = std::pair<int64_t, int64_t>;
+  std::vector<Interval> rows(g.oh), cols(g.ow);
+  for (int64_t o = 0; o < g.oh; ++o) rows[o] = valid_taps(o, g.sh, g.ph, g.dh, g.kh, g.h);
+  for (int64_t o = 0; o < g.ow; ++o) cols[o] = valid_taps(o, g.sw, g.pw, g.dw, g.kw, g.w);
+  std::map<std::pair<Interval, Interval>, int32_t> ids;
+  const std::pair<Interval, Interval> interior{{0, g.kh}, {0, g.kw}};
+  ids[interior] = 0;
+  std::vector<std::pair<Interval, Interval>> list{interior};
+  BorderPatterns bp;
+  bp.col_pattern.resize(g.oh * g.ow);
+  for (int64_t y = 0; y < g.oh; ++y)
+    for (int64_t x = 0; x < g.ow; ++x) {
+      const auto key = std::make_pair(rows[y], cols[x]);
+      auto it = ids.find(key);
+      if (it == ids.end()) {
+        it = ids.emplace(key, static_cast<int32_t>(list.size())).first;
+        list.push_back(key);
+      }
+      bp.col_pattern[y * g.ow + x] = it->second;
+    }
+  // Popcount of each weight tap, then per pattern the sum over the taps outside its valid rectangle.
+  const int64_t taps = g.taps(), cw = g.cw();
+  std::vector<int32_t> tap_pop(g.out_channels * taps);
+  for (int64_t o = 0; o < g.out_channels; ++o)
+    for (int64_t t = 0; t < taps; ++t) {
+      int32_t s = 0;
+      for (int64_t c = 0; c < cw; ++c) s += __builtin_popcountll(w[(o * taps + t) * cw + c]);
+      tap_pop[o * taps + t] = s;
+    }
+  const int64_t n_pat = static_cast<int64_t>(list.size());
+  bp.base.resize(n_pat);
+  bp.cor.assign(n_pat * g.out_channels, 0);
+  for (int64_t p = 0; p < n_pat; ++p) {
+    const auto& [ri, ci] = list[p];
+    bp.base[p] = static_cast<int32_t>(g.cg() * (ri.second - ri.first) * (ci.second - ci.first));
+    if (p == 0) continue;
+    for (int64_t o = 0; o < g.out_channels; ++o) {
+      int32_t s = 0;
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j)
+          if (i < ri.first || i >= ri.second || j < ci.first || j >= ci.second) s += tap_pop[o * taps + i * g.kw + j];
+      bp.cor[p * g.out_channels + o] = s;
+    }
+  }
+  return bp;
+}
+
+// Step 1: sign bits of every input position, [N][H][W][G * cw] words.
+at::Tensor pack_input(const cpu_binding::BinaryKernels& kern, const at::Tensor& x, const ConvGeometry& g,
+                      bool channels_last) {
+  const int64_t cw = g.cw(), ld = g.groups * cw, hw = g.h * g.w;
+  at::Tensor xp_t = cpu_binding::word_buffer(g.n * hw * ld);
+  uint64_t* xp = cpu_binding::words_of(xp_t);
+  const float* xd = x.data_ptr<float>();
+  if (channels_last) {
+    const int64_t rows = g.n * hw;
+    at::parallel_for(0, rows, cpu_binding::binary_grain(rows, rows * ld * 8), [&](int64_t b, int64_t e) {
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        kern.bitpack_rows(xd + b * g.c + gi * g.cg(), e - b, g.c, g.cg(), xp + b * ld + gi * cw, ld);
+    });
+    return xp_t;
+  }
+  // NCHW: tasks over (image, group, block of positions) so that batch 1 still uses every thread.
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (hw + kBlock - 1) / kBlock;
+  const int64_t tasks = g.n * g.groups * blocks;
+  at::parallel_for(0, tasks, cpu_binding::binary_grain(tasks, g.n * hw * ld * 8), [&](int64_t b, int64_t e) {
+    std::vector<uint64_t> scratch(kBlock);
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t blk = t % blocks, gi = (t / blocks) % g.groups, n = t / (blocks * g.groups);
+      const int64_t p0 = blk * kBlock, np = std::min(kBlock, hw - p0);
+      kern.bitpack_planes(xd + (n * g.c + gi * g.cg()) * hw + p0, g.cg(), hw, np, xp + (n * hw + p0) * ld + gi * cw,
+                          ld, scratch.data());
+    }
+  });
+  return xp_t;
+}
+
+// Step 2: one panel = 16 output positions of image n, group gi: [taps * cw][16] words.
+void fill_panel(const uint64_t* xp, const ConvGeometry& g, int64_t n, int64_t gi, int64_t panel_index,
+                const uint64_t* pad_words, uint64_t* panel) {
+  const int64_t cw = g.cw(), ld = g.groups * cw, positions = g.oh * g.ow;
+  for (int64_t c = 0; c < kPanelCols; ++c) {
+    const int64_t q = panel_index * kPanelCols + c;
+    if (q >= positions) {
+      for (int64_t k = 0; k < g.taps() * cw; ++k) panel[k * kPanelCols + c] = 0;
+      continue;
+    }
+    const int64_t oy = q / g.ow, ox = q % g.ow;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t iy = oy * g.sh - g.ph + i * g.dh;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t ix = ox * g.sw - g.pw + j * g.dw;
+        const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+        const uint64_t* src = inside ? xp + ((n * g.h + iy) * g.w + ix) * ld + gi * cw : pad_words;
+        uint64_t* dst = panel + (i * g.kw + j) * cw * kPanelCols + c;
+        for (int64_t w = 0; w < cw; ++w) dst[w * kPanelCols] = src[w];
+      }
+    }
+  }
+}
+
+at::Tensor binary_conv2d_packed(const at::Tensor& x, const at::Tensor& weight_bits, const at::Tensor& alpha,
+                                const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool pad_ones,
+                                bool relu, bool channels_last) {
+  const auto kern = cpu_binding::binary_kernels();
+  const int64_t positions = g.oh * g.ow, cw = g.cw(), k_words = g.taps() * cw;
+  at::Tensor out = at::empty({g.n, g.out_channels, g.oh, g.ow},
+                             x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
+                                                                     : at::MemoryFormat::Contiguous));
+  if (g.n == 0 || g.out_channels == 0) return out;
+  const uint64_t* w = cpu_binding::words_of(weight_bits);
+  const at::Tensor xp_t = pack_input(kern, x, g, channels_last);
+  const uint64_t* xp = cpu_binding::words_of(xp_t);
+
+  // 'ones' pads with +1 on every real channel (tail bits stay 0); 'zeros' pads with 0 words plus the correction.
+  std::vector<uint64_t> pad_words(cw, 0);
+  if (pad_ones)
+    for (int64_t c = 0; c < g.cg(); ++c) pad_words[c / 64] |= uint64_t{1} << (c % 64);
+  BorderPatterns bp;
+  if (pad_ones) bp.base = {static_cast<int32_t>(g.cg() * g.taps())};
+  else bp = border_patterns(g, w);
+
+  const int64_t n_panels = (positions + kPanelCols - 1) / kPanelCols;
+  const int64_t panel_words = k_words * kPanelCols;
+  const int64_t all_panels = g.n * g.groups * n_panels;
+  at::Tensor panels_t = cpu_binding::word_buffer(all_panels * panel_words);
+  uint64_t* panels = cpu_binding::words_of(panels_t);
+  at::parallel_for(0, all_panels, cpu_binding::binary_grain(all_panels, all_panels * panel_words),
+                   [&](int64_t b, int64_t e) {
+                     for (int64_t t = b; t < e; ++t) {
+                       const int64_t p = t % n_panels, gi = (t / n_panels) % g.groups, n = t / (n_panels * g.groups);
+                       fill_panel(xp, g, n, gi, p, pad_words.data(), panels + t * panel_words);
+                     }
+                   });
+
+  const float* al = alpha.data_ptr<float>();
+  const float* bi = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* od = out.data_ptr<float>();
+  const int64_t og = g.og();
+  const int64_t chunk = cpu_binding::row_chunk_size(og, all_panels, at::get_num_threads());
+  const int64_t chunks = (og + chunk - 1) / chunk;
+  const int64_t tasks = all_panels * chunks;
+  const int64_t word_ops = g.n * positions * g.out_channels * k_words;
+  at::parallel_for(0, tasks, cpu_binding::binary_grain(tasks, word_ops), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t pt = t % all_panels, c = t / all_panels;
+      const int64_t p = pt % n_panels, gi = (pt / n_panels) % g.groups, n = pt / (n_panels * g.groups);
+      const int64_t r0 = gi * og + c * chunk, r1 = std::min(gi * og + og, r0 + chunk);
+      cpu::BinaryEpilogue ep{al, bi, relu ? cpu::Activation::Relu : cpu::Activation::None,
+                             pad_ones ? nullptr : bp.col_pattern.data(), bp.base.data(),
+                             pad_ones ? nullptr : bp.cor.data(), g.out_channels,
+                             od + n * g.out_channels * positions,
+                             channels_last ? 1 : positions, channels_last ? g.out_channels : 1};
+      const int64_t col0 = p * kPanelCols;
+      kern.gemm_panel(w + r0 * k_words, k_words, r0, r1 - r0, panels + pt * panel_words, k_words, col0,
+                      std::min(kPanelCols, positions - col0), ep);
+    }
+  });
+  return out;
+}
+
+at::Tensor binary_conv2d_connect(const at::Tensor& x, const at::Tensor& weight_bits, const at::Tensor& alpha,
+                                 const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool relu) {
+  // [O, kh, kw, cw] bits -> [O, kh, kw, cg] +-1 -> [O, cg, kh, kw] * alpha.
+  const at::Tensor shifts = at::arange(64, weight_bits.options());
+  const at::Tensor bits = weight_bits.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(1);
+  const at::Tensor signs = bits.flatten(-2).narrow(-1, 0, g.cg()).to(at::kFloat).mul(2).sub(1);
+  const at::Tensor weight = (signs.permute({0, 3, 1, 2}) * alpha.view({-1, 1, 1, 1})).contiguous();
+  at::Tensor y = at::conv2d(x, weight, bias, {g.sh, g.sw}, {g.ph, g.pw}, {g.dh, g.dw}, g.groups);
+  return relu ? y.relu_() : y;
+}
+
+at::Tensor binary_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& weight_bits_in, const at::Tensor& alpha_in,
+                             const c10::optional<at::Tensor>& bias_in, int64_t in_channels, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                             bool binarize_input, c10::string_view padding_mode, c10::string_view activation) {
+  const char* op = "binary_conv2d";
+  const ConvGeometry g = check_binary_conv2d_args(op, x_in, weight_bits_in, alpha_in, bias_in, in_channels,
+                                                  kernel_size, stride, padding, dilation, groups);
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, op, ": x must be float32 on CPU, got ", x_in.scalar_type());
+  const std::string mode(padding_mode);
+  TORCH_CHECK(mode == "zeros" || mode == "ones", op, ": padding_mode must be 'zeros' or 'ones', got '", mode, "'");
+  TORCH_CHECK(binarize_input || mode == "zeros", op,
+              ": padding_mode='ones' needs binarize_input=True (real activations are zero-padded)");
+  const bool relu = parse_binary_activation(op, std::string(activation)) == 1;
+  const bool channels_last = binary_conv_channels_last(x_in);
+  const at::Tensor x = channels_last ? x_in : x_in.contiguous();
+  const at::Tensor weight_bits = weight_bits_in.contiguous();
+  const at::Tensor alpha = alpha_in.contiguous();
+  c10::optional<at::Tensor> bias;
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  if (!binarize_input) {
+    at::Tensor y = binary_conv2d_connect(x, weight_bits, alpha, bias, g, relu);
+    return y.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  }
+  return binary_conv2d_packed(x, weight_bits, alpha, bias, g, mode == "ones", relu, channels_last);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsecomp, CPU, m) { m.impl("binary_conv2d", &binary_conv2d_cpu); }
+
+}  // namespace sparsecomp
