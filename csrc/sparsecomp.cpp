@@ -24,7 +24,7 @@ TORCH_LIBRARY(sparsecomp, m) {
   // (x >= 0, NaN -> -1) and 0 means -1; tail bits past the last element are 0.
   // bitpack: float [..., C] -> int64 [..., ceil(C/64)].
   m.def("bitpack(Tensor x) -> Tensor");
-  // bitunpack: int64 [..., W] -> float32 [..., size] of +1/-1 (size <= 64 W).
+  // bitunpack: int64 [..., W] -> float32 [..., size] of +1/-1, W == ceil(size/64).
   m.def("bitunpack(Tensor packed, int size) -> Tensor");
   // y[m, o] = act(alpha[o] * sum_k s(x[m, k]) * sign(W[o, k]) + bias[o]), weight_bits [O, ceil(K/64)];
   // s = sign (+1 for v >= 0) when binarize_input, else identity (BinaryConnect). activation: 'none' | 'relu'.

@@ -144,7 +144,7 @@ def _bitunpack_fake(packed, size):
 
 
 @torch.library.register_fake("sparsecomp::binary_linear")
-def _binary_linear_fake(x, weight_bits, alpha, bias, in_features, binarize_input, activation):
+def _binary_linear_fake(x, weight_bits, alpha, bias, in_features, binarize_input=True, activation="none"):
     torch._check(x.dim() == 2, lambda: f"binary_linear: x must be 2-D, got {x.dim()}-D")
     torch._check(x.shape[1] == in_features, lambda: f"binary_linear: x must have {in_features} columns")
     return x.new_empty((x.shape[0], weight_bits.shape[0]))
@@ -156,10 +156,10 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 
 @torch.library.register_fake("sparsecomp::binary_conv2d")
 def _binary_conv2d_fake(x, weight_bits, alpha, bias, in_channels, kernel_size, stride, padding, dilation, groups,
-                        binarize_input, padding_mode, activation):
+                        binarize_input=True, padding_mode="zeros", activation="none"):
     torch._check(x.dim() == 4, lambda: f"binary_conv2d: x must be 4-D NCHW, got {x.dim()}-D")
     oh = conv_output_size(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0])
     ow = conv_output_size(x.shape[3], kernel_size[1], stride[1], padding[1], dilation[1])
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.new_empty((x.shape[0], weight_bits.shape[0], oh, ow), memory_format=fmt)
+    return torch.empty((x.shape[0], weight_bits.shape[0], oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)

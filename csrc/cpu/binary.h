@@ -26,18 +26,20 @@ enum class Activation : int32_t { None = 0, Relu = 1 };
 
 // How counts become outputs. For output (row r, column c) with channel o = row0 + r and position q = col0 + c:
 //   pattern = col_pattern ? col_pattern[q] : 0
-//   dot     = pattern_base[pattern] - 2 * (count - pattern_cor[pattern * cor_ld + o])
+//   dot     = pattern_base[pattern] - 2 * (count - pattern_cor[o * cor_ld + pattern])
 //   out[o * row_stride + q * col_stride] = act(alpha[o] * dot + bias[o])
-// pattern_base[p] is the number of +-1 products (valid taps times channels per group); pattern_cor[p][o] the
-// popcount of the weight words of the out-of-frame taps of pattern p, which a zero word in the im2col panel
-// counted although a zero-padded tap must contribute nothing. Pattern 0 is the interior (correction 0).
+// pattern_base[p] is the number of +-1 products (valid taps times channels per group); pattern_cor[o][p] the
+// popcount of channel o's weight words at the out-of-frame taps of pattern p, which a zero word in the im2col
+// panel counted although a zero-padded tap must contribute nothing. Pattern 0 is the interior (correction 0).
+// cor_ld is a multiple of 16 and pattern_base has cor_ld entries, so a vector path can load whole rows and
+// pick entries with a permute.
 struct BinaryEpilogue {
   const float* alpha;
   const float* bias;  // may be null
   Activation activation;
   const int32_t* col_pattern;   // may be null: every column is pattern 0
-  const int32_t* pattern_base;  // at least one entry
-  const int32_t* pattern_cor;   // may be null when col_pattern is null
+  const int32_t* pattern_base;  // cor_ld entries (at least 1 when col_pattern is null)
+  const int32_t* pattern_cor;   // [channels][cor_ld]; may be null when col_pattern is null
   int64_t cor_ld;
   float* out;
   int64_t row_stride;
@@ -76,6 +78,11 @@ void binary_gemv_avx2(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows
                       int64_t m, int64_t k_words, const BinaryEpilogue& ep);
 void binary_gemv_avx512(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows, const uint64_t* b,
                         int64_t ldb, int64_t m, int64_t k_words, const BinaryEpilogue& ep);
+
+// --- popcount of each row: out[r] = sum_w popcount(words[r * row_words + w]) ---
+void popcount_rows_portable(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out);
+void popcount_rows_avx2(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out);
+void popcount_rows_avx512(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out);
 
 // --- BinaryConnect: real activations times +-1 weights ---
 // pos_sum[j * ld_sum + r] = sum of x[j * ldx + k] over the k < len whose weight bit in row r is set, for rows

@@ -153,6 +153,10 @@ void binary_gemv_avx2(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows
   }
 }
 
+void popcount_rows_avx2(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out) {
+  popcount_rows_generic(words, rows, row_words, out);
+}
+
 void binary_connect_avx2(const uint64_t* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx, int64_t m,
                          int64_t len, float* pos_sum, int64_t ld_sum) {
   for (int64_t r = 0; r < rows; ++r)
@@ -175,6 +179,9 @@ void binary_gemm_panel_avx2(const uint64_t* a, int64_t lda, int64_t row0, int64_
 void binary_gemv_avx2(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows, const uint64_t* b, int64_t ldb,
                       int64_t m, int64_t k_words, const BinaryEpilogue& ep) {
   binary_gemv_portable(a, lda, row0, rows, b, ldb, m, k_words, ep);
+}
+void popcount_rows_avx2(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out) {
+  popcount_rows_portable(words, rows, row_words, out);
 }
 void binary_connect_avx2(const uint64_t* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx, int64_t m,
                          int64_t len, float* pos_sum, int64_t ld_sum) {

@@ -32,11 +32,63 @@ inline uint64_t sign_bits64(const float* x) {
   return m0 | (m1 << 16) | (m2 << 32) | (m3 << 48);
 }
 
-// Register tile: MR weight rows x 16 panel columns, accumulators 8 x 64-bit lanes wide, reduced never (each
+// Per-panel part of the vector epilogue: the border pattern of each of the 16 columns and its product count.
+struct PanelPatterns {
+  bool vector;       // false: use the scalar epilogue (more than 32 patterns)
+  bool patterned;
+  __mmask16 cols;    // valid columns
+  __m512i pattern;   // pattern id per column
+  __m512i base;      // pattern_base per column
+};
+
+inline PanelPatterns panel_patterns(const BinaryEpilogue& ep, int64_t col0, int64_t cols) {
+  PanelPatterns pp{};
+  pp.cols = tail_mask16(cols);
+  pp.patterned = ep.col_pattern != nullptr;
+  pp.vector = !pp.patterned || ep.cor_ld <= 32;
+  if (!pp.patterned) {
+    pp.base = _mm512_set1_epi32(ep.pattern_base[0]);
+  } else if (pp.vector) {
+    pp.pattern = _mm512_maskz_loadu_epi32(pp.cols, ep.col_pattern + col0);
+    pp.base = ep.cor_ld <= 16 ? _mm512_permutexvar_epi32(pp.pattern, _mm512_loadu_si512(ep.pattern_base))
+                              : _mm512_permutex2var_epi32(_mm512_loadu_si512(ep.pattern_base), pp.pattern,
+                                                          _mm512_loadu_si512(ep.pattern_base + 16));
+  }
+  return pp;
+}
+
+// Outputs of channel o for the 16 columns of a panel, from its two 8 x 64-bit accumulators.
+inline void store_channel(const BinaryEpilogue& ep, const PanelPatterns& pp, __m512i acc_lo, __m512i acc_hi,
+                          int64_t o, int64_t col0) {
+  const __m512i counts = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc_lo)),
+                                            _mm512_cvtepi64_epi32(acc_hi), 1);
+  __m512i mismatches = counts;
+  if (pp.patterned) {
+    const int32_t* row = ep.pattern_cor + o * ep.cor_ld;
+    const __m512i cor = ep.cor_ld <= 16
+                            ? _mm512_permutexvar_epi32(pp.pattern, _mm512_loadu_si512(row))
+                            : _mm512_permutex2var_epi32(_mm512_loadu_si512(row), pp.pattern, _mm512_loadu_si512(row + 16));
+    mismatches = _mm512_sub_epi32(counts, cor);
+  }
+  const __m512i dot = _mm512_sub_epi32(pp.base, _mm512_slli_epi32(mismatches, 1));
+  __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(ep.alpha[o]),
+                             _mm512_set1_ps(ep.bias ? ep.bias[o] : 0.0f));
+  if (ep.activation == Activation::Relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+  float* out = ep.out + o * ep.row_stride + col0 * ep.col_stride;
+  if (ep.col_stride == 1) {
+    _mm512_mask_storeu_ps(out, pp.cols, v);
+  } else {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(static_cast<int32_t>(ep.col_stride)));
+    _mm512_mask_i32scatter_ps(out, pp.cols, idx, v, 4);
+  }
+}
+
+// Register tile: MR weight rows x 16 panel columns, accumulators 8 x 64-bit lanes wide, never reduced (each
 // lane is one output). Per word k: MR broadcasts, two panel loads, 2*MR xor+popcount+add.
 template <int MR>
-inline void panel_tile(const uint64_t* a, int64_t lda, const uint64_t* panel, int64_t k_words, int32_t* cnt) {
-  __m512i acc0[MR], acc1[MR];
+inline void panel_tile(const uint64_t* a, int64_t lda, const uint64_t* panel, int64_t k_words, __m512i* acc0,
+                       __m512i* acc1) {
   for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_si512();
   for (int64_t k = 0; k < k_words; ++k) {
     const __m512i b0 = _mm512_load_si512(panel + k * kPanelCols);
@@ -47,18 +99,24 @@ inline void panel_tile(const uint64_t* a, int64_t lda, const uint64_t* panel, in
       acc1[r] = _mm512_add_epi64(acc1[r], _mm512_popcnt_epi64(_mm512_xor_si512(av, b1)));
     }
   }
-  for (int r = 0; r < MR; ++r) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cnt + r * kPanelCols), _mm512_cvtepi64_epi32(acc0[r]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cnt + r * kPanelCols + 8), _mm512_cvtepi64_epi32(acc1[r]));
-  }
 }
 
 template <int MR>
 inline void panel_rows(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows, const uint64_t* panel,
-                       int64_t k_words, int64_t col0, int64_t cols, const BinaryEpilogue& ep, int64_t& r0) {
+                       int64_t k_words, int64_t col0, int64_t cols, const BinaryEpilogue& ep,
+                       const PanelPatterns& pp, int64_t& r0) {
   alignas(64) int32_t cnt[MR * kPanelCols];
+  __m512i acc0[MR], acc1[MR];
   for (; r0 + MR <= rows; r0 += MR) {
-    panel_tile<MR>(a + r0 * lda, lda, panel, k_words, cnt);
+    panel_tile<MR>(a + r0 * lda, lda, panel, k_words, acc0, acc1);
+    if (pp.vector) {
+      for (int r = 0; r < MR; ++r) store_channel(ep, pp, acc0[r], acc1[r], row0 + r0 + r, col0);
+      continue;
+    }
+    for (int r = 0; r < MR; ++r) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cnt + r * kPanelCols), _mm512_cvtepi64_epi32(acc0[r]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cnt + r * kPanelCols + 8), _mm512_cvtepi64_epi32(acc1[r]));
+    }
     apply_epilogue(ep, cnt, MR, cols, row0 + r0, col0);
   }
 }
@@ -155,11 +213,12 @@ void bitpack_planes_avx512(const float* x, int64_t channels, int64_t plane_strid
 
 void binary_gemm_panel_avx512(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows, const uint64_t* panel,
                               int64_t k_words, int64_t col0, int64_t cols, const BinaryEpilogue& ep) {
+  const PanelPatterns pp = panel_patterns(ep, col0, cols);
   int64_t r0 = 0;
-  panel_rows<8>(a, lda, row0, rows, panel, k_words, col0, cols, ep, r0);
-  panel_rows<4>(a, lda, row0, rows, panel, k_words, col0, cols, ep, r0);
-  panel_rows<2>(a, lda, row0, rows, panel, k_words, col0, cols, ep, r0);
-  panel_rows<1>(a, lda, row0, rows, panel, k_words, col0, cols, ep, r0);
+  panel_rows<8>(a, lda, row0, rows, panel, k_words, col0, cols, ep, pp, r0);
+  panel_rows<4>(a, lda, row0, rows, panel, k_words, col0, cols, ep, pp, r0);
+  panel_rows<2>(a, lda, row0, rows, panel, k_words, col0, cols, ep, pp, r0);
+  panel_rows<1>(a, lda, row0, rows, panel, k_words, col0, cols, ep, pp, r0);
 }
 
 void binary_gemv_avx512(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows, const uint64_t* b,
@@ -171,6 +230,10 @@ void binary_gemv_avx512(const uint64_t* a, int64_t lda, int64_t row0, int64_t ro
     case 4: gemv_rows<4>(a, lda, row0, rows, b, ldb, k_words, ep); break;
     default: break;  // m == 0: nothing to do; the binding never passes more than kGemvMaxBatch
   }
+}
+
+void popcount_rows_avx512(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out) {
+  popcount_rows_generic(words, rows, row_words, out);
 }
 
 void binary_connect_avx512(const uint64_t* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx, int64_t m,
@@ -207,6 +270,9 @@ void binary_gemm_panel_avx512(const uint64_t* a, int64_t lda, int64_t row0, int6
 void binary_gemv_avx512(const uint64_t* a, int64_t lda, int64_t row0, int64_t rows, const uint64_t* b,
                         int64_t ldb, int64_t m, int64_t k_words, const BinaryEpilogue& ep) {
   binary_gemv_portable(a, lda, row0, rows, b, ldb, m, k_words, ep);
+}
+void popcount_rows_avx512(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out) {
+  popcount_rows_portable(words, rows, row_words, out);
 }
 void binary_connect_avx512(const uint64_t* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx, int64_t m,
                            int64_t len, float* pos_sum, int64_t ld_sum) {

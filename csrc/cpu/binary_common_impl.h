@@ -37,7 +37,7 @@ inline void apply_epilogue(const BinaryEpilogue& ep, const int32_t* cnt, int64_t
       const int32_t* pat = ep.col_pattern + col0;
       for (int64_t c = 0; c < nc; ++c) {
         const int32_t p = pat[c];
-        const int32_t dot = ep.pattern_base[p] - 2 * (cr[c] - ep.pattern_cor[p * ep.cor_ld + o]);
+        const int32_t dot = ep.pattern_base[p] - 2 * (cr[c] - ep.pattern_cor[o * ep.cor_ld + p]);
         float v = al * static_cast<float>(dot) + bi;
         out[c * ep.col_stride] = relu ? std::max(v, 0.0f) : v;
       }
@@ -73,6 +73,15 @@ inline float connect_dot_scalar(const uint64_t* wrow, const float* x, int64_t le
   for (int64_t k = 0; k < len; ++k)
     if ((wrow[k >> 6] >> (k & 63)) & 1u) s += x[k];
   return s;
+}
+
+// Row popcounts; with a popcnt target this is one POPCNT per word.
+inline void popcount_rows_generic(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t s = 0;
+    for (int64_t w = 0; w < row_words; ++w) s += __builtin_popcountll(words[r * row_words + w]);
+    out[r] = static_cast<int32_t>(s);
+  }
 }
 
 }  // namespace

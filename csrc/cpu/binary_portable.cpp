@@ -51,6 +51,10 @@ void binary_gemv_portable(const uint64_t* a, int64_t lda, int64_t row0, int64_t 
   }
 }
 
+void popcount_rows_portable(const uint64_t* words, int64_t rows, int64_t row_words, int32_t* out) {
+  popcount_rows_generic(words, rows, row_words, out);
+}
+
 void binary_connect_portable(const uint64_t* w, int64_t ldw, int64_t rows, const float* x, int64_t ldx, int64_t m,
                              int64_t len, float* pos_sum, int64_t ld_sum) {
   for (int64_t r = 0; r < rows; ++r)

@@ -94,7 +94,7 @@ inline ConvGeometry check_binary_conv2d_args(const char* op, const at::Tensor& x
   g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
   TORCH_CHECK(g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1 >= 0 && g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1 >= 0, op,
-              ": the (dilated) kernel ", kernel_size, " does not fit the padded input ", x.sizes().slice(2),
+              ": the kernel ", kernel_size, " with dilation ", dilation, " does not fit the input ", x.sizes().slice(2),
               " with padding ", padding);
   return g;
 }
@@ -102,6 +102,17 @@ inline ConvGeometry check_binary_conv2d_args(const char* op, const at::Tensor& x
 // channels_last output iff x is channels_last-contiguous and not NCHW-contiguous (ambiguous shapes stay NCHW).
 inline bool binary_conv_channels_last(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Bits past the last real element of each packed row must be 0 (bitpack writes them so): set tail bits would
+// count as mismatches. rows x words, checked on the last word of each row.
+inline void check_tail_bits_zero(const char* op, const uint64_t* words, int64_t rows, int64_t row_words,
+                                 int64_t bits_per_row) {
+  if (bits_per_row % 64 == 0 || row_words == 0) return;
+  const uint64_t tail = ~((uint64_t{1} << (bits_per_row % 64)) - 1);
+  for (int64_t r = 0; r < rows; ++r)
+    TORCH_CHECK((words[(r + 1) * row_words - 1] & tail) == 0, op, ": weight_bits row ", r,
+                " has bits set past the last of its ", bits_per_row, " elements (tail bits must be 0)");
 }
 
 }  // namespace sparsecomp

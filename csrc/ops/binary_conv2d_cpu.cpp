@@ -37,11 +37,12 @@ std::pair<int64_t, int64_t> valid_taps(int64_t o, int64_t stride, int64_t pad, i
 // Border patterns of the output positions of one image and their correction tables (see file comment).
 struct BorderPatterns {
   std::vector<int32_t> col_pattern;  // [oh * ow]
-  std::vector<int32_t> base;         // [patterns]: channels per group * valid taps
-  std::vector<int32_t> cor;          // [patterns][out_channels]
+  std::vector<int32_t> base;         // [cor_ld]: channels per group * valid taps
+  std::vector<int32_t> cor;          // [out_channels][cor_ld]
+  int64_t cor_ld = 16;               // patterns rounded up to a multiple of 16
 };
 
-BorderPatterns border_patterns(const ConvGeometry& g, const uint64_t* w) {
+BorderPatterns border_patterns(const cpu_binding::BinaryKernels& kern, const ConvGeometry& g, const uint64_t* w) {
   using Interval = std::pair<int64_t, int64_t>;
   std::vector<Interval> rows(g.oh), cols(g.ow);
   for (int64_t o = 0; o < g.oh; ++o) rows[o] = valid_taps(o, g.sh, g.ph, g.dh, g.kh, g.h);
@@ -62,30 +63,36 @@ BorderPatterns border_patterns(const ConvGeometry& g, const uint64_t* w) {
       }
       bp.col_pattern[y * g.ow + x] = it->second;
     }
-  // Popcount of each weight tap, then per pattern the sum over the taps outside its valid rectangle.
-  const int64_t taps = g.taps(), cw = g.cw();
+  // Popcount of each weight tap; a 2-D prefix sum over the kernel per channel then gives the popcount inside
+  // any pattern's valid rectangle in O(1), and the correction is the rest.
+  const int64_t taps = g.taps(), n_pat = static_cast<int64_t>(list.size());
   std::vector<int32_t> tap_pop(g.out_channels * taps);
-  for (int64_t o = 0; o < g.out_channels; ++o)
-    for (int64_t t = 0; t < taps; ++t) {
-      int32_t s = 0;
-      for (int64_t c = 0; c < cw; ++c) s += __builtin_popcountll(w[(o * taps + t) * cw + c]);
-      tap_pop[o * taps + t] = s;
-    }
-  const int64_t n_pat = static_cast<int64_t>(list.size());
-  bp.base.resize(n_pat);
-  bp.cor.assign(n_pat * g.out_channels, 0);
+  bp.cor_ld = (n_pat + 15) / 16 * 16;
+  bp.base.assign(bp.cor_ld, 0);
+  bp.cor.assign(bp.cor_ld * g.out_channels, 0);
   for (int64_t p = 0; p < n_pat; ++p) {
     const auto& [ri, ci] = list[p];
     bp.base[p] = static_cast<int32_t>(g.cg() * (ri.second - ri.first) * (ci.second - ci.first));
-    if (p == 0) continue;
-    for (int64_t o = 0; o < g.out_channels; ++o) {
-      int32_t s = 0;
+  }
+  const int64_t pw = g.kw + 1;
+  at::parallel_for(0, g.out_channels, cpu_binding::binary_grain(g.out_channels, g.out_channels * taps * g.cw()),
+                   [&](int64_t b, int64_t e) {
+    kern.popcount_rows(w + b * taps * g.cw(), (e - b) * taps, g.cw(), tap_pop.data() + b * taps);
+    std::vector<int32_t> prefix((g.kh + 1) * pw, 0);
+    for (int64_t o = b; o < e; ++o) {
       for (int64_t i = 0; i < g.kh; ++i)
         for (int64_t j = 0; j < g.kw; ++j)
-          if (i < ri.first || i >= ri.second || j < ci.first || j >= ci.second) s += tap_pop[o * taps + i * g.kw + j];
-      bp.cor[p * g.out_channels + o] = s;
+          prefix[(i + 1) * pw + j + 1] = tap_pop[o * taps + i * g.kw + j] + prefix[i * pw + j + 1] +
+                                         prefix[(i + 1) * pw + j] - prefix[i * pw + j];
+      const int32_t total = prefix[g.kh * pw + g.kw];
+      for (int64_t p = 1; p < n_pat; ++p) {
+        const auto& [ri, ci] = list[p];
+        const int32_t inside = prefix[ri.second * pw + ci.second] - prefix[ri.first * pw + ci.second] -
+                               prefix[ri.second * pw + ci.first] + prefix[ri.first * pw + ci.first];
+        bp.cor[o * bp.cor_ld + p] = total - inside;
+      }
     }
-  }
+  });
   return bp;
 }
 
@@ -162,8 +169,8 @@ at::Tensor binary_conv2d_packed(const at::Tensor& x, const at::Tensor& weight_bi
   if (pad_ones)
     for (int64_t c = 0; c < g.cg(); ++c) pad_words[c / 64] |= uint64_t{1} << (c % 64);
   BorderPatterns bp;
-  if (pad_ones) bp.base = {static_cast<int32_t>(g.cg() * g.taps())};
-  else bp = border_patterns(g, w);
+  if (pad_ones) bp.base.assign(16, static_cast<int32_t>(g.cg() * g.taps()));
+  else bp = border_patterns(kern, g, w);
 
   const int64_t n_panels = (positions + kPanelCols - 1) / kPanelCols;
   const int64_t panel_words = k_words * kPanelCols;
@@ -193,7 +200,7 @@ at::Tensor binary_conv2d_packed(const at::Tensor& x, const at::Tensor& weight_bi
       const int64_t r0 = gi * og + c * chunk, r1 = std::min(gi * og + og, r0 + chunk);
       cpu::BinaryEpilogue ep{al, bi, relu ? cpu::Activation::Relu : cpu::Activation::None,
                              pad_ones ? nullptr : bp.col_pattern.data(), bp.base.data(),
-                             pad_ones ? nullptr : bp.cor.data(), g.out_channels,
+                             pad_ones ? nullptr : bp.cor.data(), bp.cor_ld,
                              od + n * g.out_channels * positions,
                              channels_last ? 1 : positions, channels_last ? g.out_channels : 1};
       const int64_t col0 = p * kPanelCols;
@@ -220,9 +227,9 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& weight_bi
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                              bool binarize_input, c10::string_view padding_mode, c10::string_view activation) {
   const char* op = "binary_conv2d";
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, op, ": x must be float32 on CPU, got ", x_in.scalar_type());
   const ConvGeometry g = check_binary_conv2d_args(op, x_in, weight_bits_in, alpha_in, bias_in, in_channels,
                                                   kernel_size, stride, padding, dilation, groups);
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat, op, ": x must be float32 on CPU, got ", x_in.scalar_type());
   const std::string mode(padding_mode);
   TORCH_CHECK(mode == "zeros" || mode == "ones", op, ": padding_mode must be 'zeros' or 'ones', got '", mode, "'");
   TORCH_CHECK(binarize_input || mode == "zeros", op,
@@ -231,6 +238,7 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& weight_bi
   const bool channels_last = binary_conv_channels_last(x_in);
   const at::Tensor x = channels_last ? x_in : x_in.contiguous();
   const at::Tensor weight_bits = weight_bits_in.contiguous();
+  check_tail_bits_zero(op, cpu_binding::words_of(weight_bits), g.out_channels * g.taps(), g.cw(), g.cg());
   const at::Tensor alpha = alpha_in.contiguous();
   c10::optional<at::Tensor> bias;
   if (bias_in.has_value()) bias = bias_in->contiguous();

@@ -17,6 +17,7 @@ struct BinaryKernels {
   decltype(&cpu::binary_gemm_panel_portable) gemm_panel;
   decltype(&cpu::binary_gemv_portable) gemv;
   decltype(&cpu::binary_connect_portable) connect;
+  decltype(&cpu::popcount_rows_portable) popcount_rows;
 };
 
 // The popcount GEMM uses AVX-512 only with VPOPCNTQ; without it the AVX2 nibble-table kernels are faster.
@@ -25,15 +26,15 @@ inline BinaryKernels binary_kernels() {
     case cpu::Isa::Avx512:
       if (cpu::has_avx512_vpopcntdq())
         return {cpu::bitpack_rows_avx512, cpu::bitpack_planes_avx512, cpu::binary_gemm_panel_avx512,
-                cpu::binary_gemv_avx512, cpu::binary_connect_avx512};
+                cpu::binary_gemv_avx512, cpu::binary_connect_avx512, cpu::popcount_rows_avx512};
       return {cpu::bitpack_rows_avx512, cpu::bitpack_planes_avx512, cpu::binary_gemm_panel_avx2,
-              cpu::binary_gemv_avx2, cpu::binary_connect_avx512};
+              cpu::binary_gemv_avx2, cpu::binary_connect_avx512, cpu::popcount_rows_avx512};
     case cpu::Isa::Avx2:
       return {cpu::bitpack_rows_avx2, cpu::bitpack_planes_avx2, cpu::binary_gemm_panel_avx2, cpu::binary_gemv_avx2,
-              cpu::binary_connect_avx2};
+              cpu::binary_connect_avx2, cpu::popcount_rows_avx2};
     default:
       return {cpu::bitpack_rows_portable, cpu::bitpack_planes_portable, cpu::binary_gemm_panel_portable,
-              cpu::binary_gemv_portable, cpu::binary_connect_portable};
+              cpu::binary_gemv_portable, cpu::binary_connect_portable, cpu::popcount_rows_portable};
   }
 }
 

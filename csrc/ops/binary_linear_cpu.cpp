@@ -89,8 +89,8 @@ at::Tensor binary_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_bi
                              const c10::optional<at::Tensor>& bias_in, int64_t in_features, bool binarize_input,
                              c10::string_view activation) {
   const char* op = "binary_linear";
-  check_binary_linear_args(op, x_in, weight_bits_in, alpha_in, bias_in, in_features);
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, op, ": x must be float32 on CPU, got ", x_in.scalar_type());
+  check_binary_linear_args(op, x_in, weight_bits_in, alpha_in, bias_in, in_features);
   const bool relu = parse_binary_activation(op, std::string(activation)) == 1;
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight_bits = weight_bits_in.contiguous();
@@ -98,6 +98,7 @@ at::Tensor binary_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_bi
   c10::optional<at::Tensor> bias;
   if (bias_in.has_value()) bias = bias_in->contiguous();
   const int64_t m = x.size(0), rows = weight_bits.size(0), k_words = weight_bits.size(1);
+  check_tail_bits_zero(op, cpu_binding::words_of(weight_bits), rows, k_words, in_features);
   at::Tensor out = at::empty({m, rows}, x.options());
   if (m == 0 || rows == 0) return out;
   const auto kern = cpu_binding::binary_kernels();

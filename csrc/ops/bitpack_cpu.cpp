@@ -48,9 +48,9 @@ at::Tensor bitpack_cpu(const at::Tensor& x_in) {
 at::Tensor bitunpack_cpu(const at::Tensor& packed_in, int64_t size) {
   TORCH_CHECK(packed_in.dim() >= 1, "bitunpack: packed must have at least one dimension, got a scalar");
   TORCH_CHECK(packed_in.scalar_type() == at::kLong, "bitunpack: packed must be int64, got ", packed_in.scalar_type());
-  TORCH_CHECK(size >= 0 && packed_words(size) == packed_in.size(-1), "bitunpack: size=", size, " needs ",
-              packed_words(std::max<int64_t>(size, 0)), " words in the last dim of packed, which has ",
-              packed_in.size(-1));
+  TORCH_CHECK(size >= 0, "bitunpack: size must be >= 0, got ", size);
+  TORCH_CHECK(packed_words(size) == packed_in.size(-1), "bitunpack: size=", size, " needs exactly ",
+              packed_words(size), " words in the last dim of packed, which has ", packed_in.size(-1));
   std::vector<int64_t> out_shape(packed_in.sizes().begin(), packed_in.sizes().end());
   out_shape.back() = size;
   at::Tensor out = at::empty(out_shape, packed_in.options().dtype(at::kFloat));
