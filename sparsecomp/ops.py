@@ -163,3 +163,20 @@ def _binary_conv2d_fake(x, weight_bits, alpha, bias, in_channels, kernel_size, s
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty((x.shape[0], weight_bits.shape[0], oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _no_derivative(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"sparsecomp.{op} has no derivative: train binary layers in training mode (latent float weights with "
+            "a straight-through estimator, see sparsecomp.nn.BinaryConv2d), or run the op under torch.no_grad()")
+    return backward
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
+
+# The packed ops are inference kernels; without a registration autograd would only warn and return None grads.
+for _op in ("binary_linear", "binary_conv2d"):
+    torch.library.register_autograd(f"sparsecomp::{_op}", _no_derivative(_op), setup_context=_no_context)

@@ -1,5 +1,7 @@
 """Drop-in ``torch.nn`` modules running on sparsecomp kernels."""
+from .binary_conv import BinaryConv2d
+from .binary_linear import BinaryLinear
 from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
 
-__all__ = ["SparseConv2d", "SparseLinear"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "SparseConv2d", "SparseLinear"]

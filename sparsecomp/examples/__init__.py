@@ -1,0 +1,1 @@
+"""Small end-to-end examples, runnable as ``python -m sparsecomp.examples.<name>``."""
