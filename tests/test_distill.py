@@ -13,6 +13,15 @@ from sparsecomp import datasets
 from sparsecomp.distill import Distiller, EnsembleTeacher, FeatureHints, kd_loss
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny layers: one thread is as fast as two, and far faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def ref_kd(s, t, target, T, alpha):
     """float64 reference written from the definition (no torch loss functions)."""
     s, t = s.double(), t.double()
