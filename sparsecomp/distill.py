@@ -274,8 +274,11 @@ class Distiller:
 
     The teacher runs in eval mode under ``torch.no_grad`` (its mode is restored after :meth:`fit`); the
     student in train mode. ``optimizer`` must hold the student's parameters (and ``hints.parameters()`` when
-    hints are used). The student may be wrapped in ``DistributedDataParallel``; the hint projections'
-    gradients are then averaged across ranks here. ``progress`` shows a tqdm bar (default: only on rank 0).
+    hints are used). The student may be wrapped in ``DistributedDataParallel``; the hint projections (outside
+    the DDP module) are then broadcast from rank 0 at construction and their gradients averaged across ranks
+    at every step, so all ranks stay identical; each rank should iterate its own shard of the data, with the
+    same number of batches per rank (DDP's collectives must match). ``progress`` shows a tqdm bar (default:
+    only on rank 0).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | Sequence[nn.Module], optimizer, *, T: float = 4.0,
@@ -300,15 +303,24 @@ class Distiller:
             raise TypeError(f"optimizer must be a torch optimizer, got {type(optimizer).__name__}")
         self.student, self.optimizer, self.hints, self.hint_weight = student, optimizer, hints, float(hint_weight)
         self.progress = progress
+        if self._distributed() and hints is not None:
+            # like DDP's constructor: every rank starts from rank 0's projections (then grads are averaged)
+            with torch.no_grad():
+                for p in hints.parameters():
+                    torch.distributed.broadcast(p, src=0)
+
+    @staticmethod
+    def _distributed() -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def _device(self) -> torch.device:
         p = next(self.student.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
     def _sync_hint_grads(self) -> None:
-        dist = torch.distributed
-        if self.hints is None or not (dist.is_available() and dist.is_initialized()):
+        if self.hints is None or not self._distributed():
             return
+        dist = torch.distributed
         world = dist.get_world_size()
         for p in self.hints.parameters():
             if p.grad is not None:
@@ -358,8 +370,7 @@ class Distiller:
 
         show = self.progress
         if show is None:
-            dist = torch.distributed
-            show = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+            show = not self._distributed() or torch.distributed.get_rank() == 0
         teacher_mode = self.teacher.training
         self.teacher.eval()
         history = []

@@ -93,7 +93,8 @@ def test_exit_costs_are_the_counted_macs():
     heads = [48 * 10, 40 * 10]
     total = sum(layers)
     assert m.exit_names == ["1", "3", "final"]
-    expected = [(layers[0] + heads[0]) / total, (layers[0] + layers[1] + sum(heads)) / total, (total + sum(heads)) / total]
+    expected = [(layers[0] + heads[0]) / total, (layers[0] + layers[1] + sum(heads)) / total,
+                (total + sum(heads)) / total]
     assert m.exit_costs == pytest.approx(expected, rel=1e-12)
     by_layers = EarlyExit(mlp_backbone(), exits_after=[3, 1], example_input=torch.zeros(1, 64), cost="layers")
     assert by_layers.exit_costs == pytest.approx([2 / 7, 4 / 7, 1.0])
