@@ -105,8 +105,9 @@ def _parents(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     """id(child) -> every (parent, attribute) holding it (a shared layer is replaced everywhere)."""
     out: dict[int, list] = {}
     for _, parent in model.named_modules(remove_duplicate=False):
-        for attr, child in parent.named_children():
-            out.setdefault(id(child), []).append((parent, attr))
+        for attr, child in parent._modules.items():  # named_children() would hide the second name
+            if child is not None:
+                out.setdefault(id(child), []).append((parent, attr))
     return out
 
 

@@ -103,7 +103,7 @@ def lottery(model: nn.Module, train_fn: Callable[[nn.Module], object], rounds: i
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
-    rate, scope = check_amount(rate), check_scope(scope)
+    rate, scope = check_amount(rate, "rate"), check_scope(scope)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if reinit not in REINITS:

@@ -67,7 +67,7 @@ def iterative(model: nn.Module, train_fn: Callable[[nn.Module], object], eval_fn
     Returns a :class:`History`: round 0 is the unpruned baseline; columns round, target, sparsity (measured
     fraction of zero weights), metric, drop, kept, seconds.
     """
-    target, scope = check_amount(target), check_scope(scope)
+    target, scope = check_amount(target, "target"), check_scope(scope)
     if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
                                  or not max_drop >= 0):
         raise ValueError(f"max_drop must be a number >= 0 or None, got {max_drop!r}")

@@ -15,9 +15,9 @@ from .targets import prunable_layers
 SCOPES = ("global", "layer")
 
 
-def check_amount(amount) -> float:
+def check_amount(amount, name: str = "amount") -> float:
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= float(amount) <= 1.0:
-        raise ValueError(f"amount must be a fraction in [0, 1], got {amount!r}")
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {amount!r}")
     return float(amount)
 
 
