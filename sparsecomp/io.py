@@ -24,6 +24,10 @@ bit-exact, chosen per tensor only when smaller than raw):
 - ``raw``: the elements (part ``data``);
 - ``delta``: a non-decreasing non-negative int64/int32 vector (e.g. CSR row pointers) as its first differences
   in the smallest unsigned type that holds them (part ``deltas``);
+- ``colmask``: the ``col_idx`` of a SparseLinear/SparseConv2d as the 1-bit-per-weight nonzero mask of its
+  [rows, cols] weight (``matrix`` in the entry; part ``mask``), smaller than 16-bit indices above 1/16 density.
+  Used only when the indices are in canonical order (row-major, ascending, no duplicates, as ``from_dense``
+  makes them), so that rebuilding them from the mask is exact; ``row_ptr`` is stored on its own (``delta``);
 - ``bitmap``: a floating tensor with many all-zero-bit elements (a pruned but unconverted weight) as a
   1-bit-per-element mask (part ``mask``, LSB first) plus the other elements (part ``values``). ``-0.0`` and NaN
   are not all-zero bits, so they are stored as values and round-trip exactly.
@@ -50,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .formats.sparse import TiledCSR
+from .formats.sparse import TILE_COLS, TiledCSR, num_col_tiles
 from .nn import SparseConv2d, SparseLinear
 
 __all__ = ["save_compressed", "load_compressed", "compressed_size_report", "read_state_dict", "SizeReport",
@@ -80,7 +84,7 @@ _DTYPES = {
 _STORAGE_ONLY = {"uint16": "<u2", "uint32": "<u4"}  # element types of parts (delta encoding) only
 _DTYPE_NAMES = {dt: name for name, (dt, _) in _DTYPES.items()}
 _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers, to test bits
-_ENCODINGS = {"raw": ("data",), "delta": ("deltas",), "bitmap": ("mask", "values")}
+_ENCODINGS = {"raw": ("data",), "delta": ("deltas",), "bitmap": ("mask", "values"), "colmask": ("mask",)}
 
 
 # ====================================================================================== module kinds
@@ -219,6 +223,42 @@ def _part(data: bytes, dtype: str, count: int, compress: bool) -> dict:
     return {"dtype": dtype, "count": count, "codec": codec, "_bytes": data}
 
 
+def _flat_positions(col_idx: torch.Tensor, row_ptr: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Row-major positions (row * cols + col) of a tiled-CSR matrix's stored entries, in storage order."""
+    tiles = num_col_tiles(cols)
+    seg = torch.repeat_interleave(torch.arange(rows * tiles), row_ptr[1:] - row_ptr[:-1])
+    col = (seg % tiles) * TILE_COLS + (col_idx.to(torch.int64) & 0xFFFF)
+    return torch.div(seg, tiles, rounding_mode="floor") * cols + col
+
+
+def _encode_colmask(col_idx: torch.Tensor, row_ptr: torch.Tensor, shape, compress: bool) -> dict | None:
+    rows, cols = shape
+    col_idx, row_ptr = col_idx.detach().cpu(), row_ptr.detach().cpu()
+    try:
+        TiledCSR(torch.empty(col_idx.numel()), col_idx, row_ptr, (rows, cols)).validate()
+    except ValueError:
+        return None  # not a valid structure: stored raw, rejected at load as before
+    flat = _flat_positions(col_idx, row_ptr, rows, cols)
+    # exact only in canonical order: strictly increasing positions = sorted, no duplicates
+    if (rows * cols + 7) // 8 >= 2 * col_idx.numel() or bool((flat[1:] <= flat[:-1]).any()):
+        return None
+    mask = torch.zeros(rows * cols, dtype=torch.bool)
+    mask[flat] = True
+    packed = np.packbits(mask.numpy(), bitorder="little").tobytes()
+    return {"mask": _part(packed, "uint8", len(packed), compress)}
+
+
+def _decode_colmask(mask: np.ndarray, matrix, count: int, name: str) -> torch.Tensor:
+    rows, cols = matrix
+    bits = np.unpackbits(mask, bitorder="little")
+    if bits[rows * cols:].any():
+        raise CorruptFileError(f"tensor {name!r}: mask has bits set past its {rows}x{cols} matrix")
+    flat = np.flatnonzero(bits[:rows * cols])
+    if flat.size != count:
+        raise CorruptFileError(f"tensor {name!r}: mask marks {flat.size} entries, shape says {count}")
+    return torch.from_numpy((flat % cols % TILE_COLS).astype(np.uint16).view(np.int16))
+
+
 def _encode(t: torch.Tensor, compress: bool) -> tuple[str, dict]:
     """(encoding, {part name: part}) of one tensor: the smallest of raw / delta / bitmap."""
     name = _DTYPE_NAMES[t.dtype]
@@ -266,6 +306,11 @@ def _serialize(model: nn.Module, compress: bool) -> tuple[bytes, list[bytes], di
         kind = _kind_of(m)
         if kind is not None:
             modules[name] = {"kind": kind, "config": _KINDS[kind].config(m)}
+    structures = {}  # col_idx key -> (col_idx, row_ptr, weight shape) of the sparse modules
+    for name, m in model.named_modules():
+        if name in modules:
+            p = f"{name}." if name else ""
+            structures[p + "col_idx"] = (m.col_idx, m.row_ptr, m._weight_shape)
     entries, blobs, offset = [], [], 0
     for key, t in state.items():
         if not isinstance(t, torch.Tensor):
@@ -274,14 +319,20 @@ def _serialize(model: nn.Module, compress: bool) -> tuple[bytes, list[bytes], di
             raise TypeError(f"state_dict entry {key!r} has dtype {t.dtype}; supported: {sorted(_DTYPES)}")
         if t.layout != torch.strided:
             raise TypeError(f"state_dict entry {key!r} has layout {t.layout}; only dense tensors can be saved")
-        enc, parts = _encode(t, compress)
+        extra, parts = {}, None
+        if key in structures:
+            parts = _encode_colmask(*structures[key], compress)
+            enc, extra = "colmask", {"matrix": list(structures[key][2])}
+        if parts is None:
+            enc, parts = _encode(t, compress)
+            extra = {}
         for part in parts.values():
             data = part.pop("_bytes")
             part.update(offset=offset, length=len(data), crc32=zlib.crc32(data))
             blobs.append(data)
             offset += len(data)
         entries.append({"name": key, "dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "enc": enc,
-                        "parts": parts})
+                        "parts": parts, **extra})
     header = {"format": "sparsecomp", "payload_bytes": offset, "dense_params": _dense_params(model, modules),
               "modules": modules, "tensors": entries}
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8"), 9)
@@ -379,7 +430,9 @@ def _check_tensors(tensors, payload: int) -> None:
         raise CorruptFileError("header tensors must be a list")
     names, offset = set(), 0
     for e in tensors:
-        _expect_keys(e, {"name", "dtype", "shape", "enc", "parts"}, "tensor entry")
+        _expect_keys(e, {"name", "dtype", "shape", "enc", "parts"} | ({"matrix"} if isinstance(e, dict) and
+                                                                       e.get("enc") == "colmask" else set()),
+                     "tensor entry")
         name = e["name"]
         if not isinstance(name, str) or name in names:
             raise CorruptFileError(f"tensor name {name!r} is not a string or appears twice")
@@ -411,6 +464,7 @@ def _check_tensors(tensors, payload: int) -> None:
             if offset > payload:
                 raise CorruptFileError(f"{what}: ends at {offset}, past the payload's {payload} bytes")
             allowed = {"raw": {"data": e["dtype"]}, "bitmap": {"mask": "uint8", "values": e["dtype"]},
+                       "colmask": {"mask": "uint8"},
                        "delta": {"deltas": ("uint8", "uint16", "uint32")}}[e["enc"]][pname]
             if p["dtype"] not in (allowed if isinstance(allowed, tuple) else (allowed,)):
                 raise CorruptFileError(f"{what}: element dtype {p['dtype']!r} not allowed here")
@@ -419,6 +473,14 @@ def _check_tensors(tensors, payload: int) -> None:
             if e["enc"] == "delta":
                 if e["dtype"] not in ("int64", "int32") or len(e["shape"]) != 1 or p["count"] != numel:
                     raise CorruptFileError(f"{what}: delta encoding needs a 1-D int tensor of {numel} elements")
+            if e["enc"] == "colmask":
+                m = e["matrix"]
+                if not isinstance(m, list) or len(m) != 2 or e["dtype"] != "int16" or len(e["shape"]) != 1:
+                    raise CorruptFileError(f"{what}: colmask needs a 1-D int16 tensor and a [rows, cols] matrix")
+                rows, cols = (_expect_int(v, f"{what} matrix") for v in m)
+                if p["count"] != (rows * cols + 7) // 8 or numel > rows * cols:
+                    raise CorruptFileError(f"{what}: {p['count']} mask bytes for a {rows}x{cols} matrix of "
+                                           f"{numel} entries")
             if e["enc"] == "bitmap":
                 if not e["dtype"].startswith(("float", "bfloat")):
                     raise CorruptFileError(f"{what}: bitmap encoding needs a floating dtype")
@@ -471,6 +533,8 @@ def _decode(data: bytes, start: int, e: dict) -> torch.Tensor:
     shape = tuple(e["shape"])
     if e["enc"] == "raw":
         t = _tensor(arrays["data"], e["dtype"], f"tensor {name!r}")
+    elif e["enc"] == "colmask":
+        t = _decode_colmask(arrays["mask"], e["matrix"], math.prod(shape), name)
     elif e["enc"] == "delta":
         t = torch.from_numpy(np.cumsum(arrays["deltas"].astype(np.int64))).to(_DTYPES[e["dtype"]][0])
     else:

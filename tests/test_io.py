@@ -155,6 +155,40 @@ def test_state_dict_without_model_and_encodings(saved):
     assert enc["10.weight"] == "raw"
 
 
+def shuffled_row(sp: SparseLinear) -> SparseLinear:
+    """The same matrix with the first two stored entries of row 0 swapped: valid, but not in canonical order."""
+    assert int(sp.row_ptr[1]) >= 2
+    with torch.no_grad():
+        sp.values[[0, 1]] = sp.values[[1, 0]].clone()
+    sp.col_idx[[0, 1]] = sp.col_idx[[1, 0]].clone()
+    return sp
+
+
+def test_sparse_indices_stored_as_mask_only_when_exact(tmp_path, gen):
+    model = compressed_model(gen)
+    report = save_compressed(model, tmp_path / "a.scz")
+    enc = {name: e for name, _, e, _ in report.tensors}
+    assert enc["6.col_idx"] == "colmask" and enc["3.col_idx"] == "colmask"
+    # a non-canonical order cannot be rebuilt from a mask: stored raw, and the order round-trips
+    dense_out = model[6].to_dense()
+    model[6] = shuffled_row(model[6])
+    assert torch.equal(model[6].to_dense().weight, dense_out.weight)
+    report = save_compressed(model, tmp_path / "b.scz")
+    assert {name: e for name, _, e, _ in report.tensors}["6.col_idx"] == "raw"
+    into = skeleton()
+    load_compressed(tmp_path / "b.scz", into=into)
+    assert_same_state(model, into)
+    # very sparse layers keep 16-bit indices (smaller than a 1-bit-per-weight mask below 1/16 density)
+    lin = nn.Linear(400, 300)
+    with torch.no_grad():
+        lin.weight.copy_(random_pruned(300, 400, 0.97, generator=gen))
+    report = save_compressed(SparseLinear.from_dense(lin), tmp_path / "c.scz")
+    assert {name: e for name, _, e, _ in report.tensors}["col_idx"] == "raw"
+    back = SparseLinear(400, 300)
+    load_compressed(tmp_path / "c.scz", into=back)
+    assert torch.equal(back.weight_matrix(), lin.weight.detach())
+
+
 def test_pruned_dense_weights_are_stored_compactly(tmp_path, gen):
     lin = nn.Linear(300, 200, bias=False)
     with torch.no_grad():
@@ -282,6 +316,9 @@ def entry(header, name):
     (lambda h: entry(h, "10.weight")["parts"]["data"].update(offset=0), "offset"),
     (lambda h: entry(h, "10.weight").update(enc="pickle"), "unknown encoding"),
     (lambda h: entry(h, "8.weight")["parts"]["mask"].update(count=1), "mask bytes"),
+    (lambda h: entry(h, "6.col_idx").update(matrix=[70, 511]), "mask bytes"),
+    (lambda h: entry(h, "6.col_idx").update(matrix=[70, "512"]), "matrix"),
+    (lambda h: entry(h, "6.col_idx").pop("matrix"), "exactly the fields"),
     (lambda h: h.update(payload_bytes=h["payload_bytes"] + 1), "truncated"),
     (lambda h: h.update(extra=1), "exactly the fields"),
     (lambda h: h["tensors"].append(dict(h["tensors"][0])), "appears twice"),
@@ -331,7 +368,18 @@ def test_bad_payload_with_valid_checksums_is_rejected(saved, tmp_path):
     bad = tamper(plain, tmp_path, lambda h: None, lambda h, p: recrc(h, p, "6.row_ptr", "deltas", break_row_ptr))
     expect_rejected(bad, "invalid sparse weight")
 
-    # a column index beyond the layer's width
+    # a column mask with more entries than the stored values / with bits past the matrix
+    def extra_col(blob):
+        blob[0] |= 0xFF
+        blob[1] |= 0xFF
+    bad = tamper(plain, tmp_path, lambda h: None, lambda h, p: recrc(h, p, "6.col_idx", "mask", extra_col))
+    expect_rejected(bad, "mask marks")
+
+    # a column index beyond the layer's width (indices stored raw: a non-canonical order, see below)
+    odd = compressed_model(torch.Generator().manual_seed(1))
+    odd[6] = shuffled_row(odd[6])
+    save_compressed(odd, plain, compress=False)
+
     def big_col(blob):
         blob[0:2] = struct.pack("<H", 4000)
     bad = tamper(plain, tmp_path, lambda h: None, lambda h, p: recrc(h, p, "6.col_idx", "data", big_col))
