@@ -188,7 +188,7 @@ def test_layer_used_twice_in_one_forward_backpropagates():
     """The forward pre-hook must not rewrite a weight autograd already saved (version counter check)."""
     lin = nn.Linear(8, 8)
     prune.magnitude(lin, 0.5)
-    x = torch.randn(4, 8)
+    x = torch.randn(4, 8, requires_grad=True)  # so the first call saves the weight for backward
     lin(lin(x)).sum().backward()  # would raise "modified by an inplace operation" otherwise
     assert bool((lin.weight.grad[prune.get_mask(lin) == 0] == 0).all())
 
