@@ -119,7 +119,7 @@ def test_gradient_importance_and_global_scope_on_trained_cnn():
     model = copy.deepcopy(_trained_cnn())
     acc = accuracy(model, images=True)
     tr, te = data(images=True)
-    batches = list(tr.batches(256, shuffle=False))[:2]
+    batches = (b for i, b in enumerate(tr.batches(256, shuffle=False)) if i < 2)  # a one-shot generator
     report = prune.neurons(model, 0.25, (te.x[:8],), importance="gradient", scope="global", loss_fn=F.cross_entropy,
                            data=batches)
     total_before = sum(r["before"] for r in report.rows)
@@ -221,3 +221,20 @@ def test_bad_arguments():
         prune.neurons(model, 0.5, (x,), min_keep=0)
     with pytest.raises(ValueError, match="amount"):
         prune.neurons(model, -0.1, (x,))
+
+
+def test_gradient_importance_removes_lowest_taylor_rows():
+    model = train(mlp(seed=5, hidden=(24,)), epochs=1)
+    tr, te = data()
+    batch = (tr.x[:200], tr.y[:200])
+    rows = prune.importance.taylor(model, F.cross_entropy, batch)["0"].double().sum(1)
+    report = prune.neurons(model, 0.25, (te.x[:4],), importance="gradient", loss_fn=F.cross_entropy, data=batch)
+    assert report.rows[0]["removed"] == sorted(torch.argsort(rows)[:6].tolist())
+
+
+def test_global_scope_compares_mean_normalized_scores():
+    model = mlp(seed=6, hidden=(4, 4))
+    scores = {"0": torch.tensor([1.0, 1.0, 1.0, 5.0]), "2": torch.tensor([10.0, 30.0, 30.0, 30.0])}
+    # normalized by layer mean: "0" -> .5 .5 .5 2.5, "2" -> .4 1.2 1.2 1.2; the 3 lowest: "2"[0], "0"[0], "0"[1]
+    report = prune.neurons(model, 3 / 8, (torch.randn(2, 64),), importance=scores, scope="global")
+    assert {r["layer"]: r["removed"] for r in report.rows} == {"0": [0, 1], "2": [0]}

@@ -325,6 +325,8 @@ def neurons(model: nn.Module, amount: float, example_inputs, importance="l2", sc
     if not isinstance(example_inputs, (tuple, list)):
         raise TypeError("example_inputs must be a tuple of model inputs")
     example_inputs = tuple(example_inputs)
+    if data is not None and not isinstance(data, (torch.Tensor, tuple)) and iter(data) is data:
+        data = list(data)  # a one-shot iterator (e.g. a generator) is read twice: statistics, then gradients
     with eval_mode(model), torch.no_grad():
         before = model(*example_inputs)
     groups, unprunable = find_groups(model, example_inputs)
