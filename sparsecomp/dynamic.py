@@ -8,9 +8,12 @@ threshold chosen on a calibration set so that the mean compute meets a budget.
     ... train with ee.loss(ee(x), y) ...
     ee.eval(); ee.calibrate(x_cal, budget=0.5)
     result = ee.infer(x_test)          # result.logits, result.exit_index, result.histogram, result.mean_compute
+
+Also :class:`Slimmable`, a width multiplier for Linear stacks: one set of weights usable at several widths.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EarlyExit", "ExitResult", "default_head", "module_macs"]
+__all__ = ["EarlyExit", "ExitResult", "Slimmable", "default_head", "module_macs"]
 
 
 def default_head(feature_shape: torch.Size, num_classes: int) -> nn.Module:
@@ -332,3 +335,116 @@ class EarlyExit(nn.Module):
     def extra_repr(self) -> str:
         costs = ", ".join(f"{c:.3f}" for c in self.exit_costs)
         return f"exits_after={self.exit_names[:-1]}, cost={self.cost!r}, exit_costs=[{costs}]"
+
+
+# ====================================================================================== width multiplier
+
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Hardswish,
+                nn.Hardtanh, nn.Mish, nn.Softplus, nn.Dropout, nn.Identity)
+
+
+class Slimmable(nn.Module):
+    """Width multiplier for a stack of ``nn.Linear`` layers (Yu et al., "Slimmable Neural Networks"): one set
+    of weights that runs at several widths, each hidden layer using only its first ``round(width * units)``
+    units. The input and output sizes never change.
+
+    ``model`` is an ``nn.Sequential`` of Linear layers and parameter-free elementwise activations/dropout.
+    Train with :meth:`loss` (the sum of the losses at every width; the narrower widths can learn from the full
+    width's predictions, "inplace distillation"), pick a width with :meth:`set_width`, and :meth:`export` a
+    physically smaller ``nn.Sequential`` for deployment (same outputs at that width, fewer MACs).
+    """
+
+    def __init__(self, model: nn.Sequential, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0)):
+        super().__init__()
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
+        linears = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+        for i, m in enumerate(model):
+            if not isinstance(m, (nn.Linear, *_ELEMENTWISE)):
+                raise TypeError(f"layer {i} ({type(m).__name__}) is not a Linear or an elementwise activation; "
+                                f"Slimmable supports Linear stacks only")
+        if len(linears) < 2:
+            raise ValueError("model needs at least 2 Linear layers (a hidden layer to slim)")
+        for a, b in zip(linears, linears[1:]):
+            if model[a].out_features != model[b].in_features:
+                raise ValueError(f"layer {a} has {model[a].out_features} outputs but layer {b} expects "
+                                 f"{model[b].in_features} inputs")
+        widths = sorted({float(w) for w in widths})
+        if not widths or not all(0.0 < w <= 1.0 for w in widths) or widths[-1] != 1.0:
+            raise ValueError(f"widths must be fractions in (0, 1] including 1.0, got {widths}")
+        self.model, self.widths, self._linears = model, widths, linears
+        self.width = 1.0
+
+    def set_width(self, width: float) -> "Slimmable":
+        if width not in self.widths:
+            raise ValueError(f"width must be one of {self.widths}, got {width!r}")
+        self.width = float(width)
+        return self
+
+    def _units(self, width: float) -> list[int]:
+        """Active outputs of each Linear at ``width`` (the last Linear always keeps all outputs)."""
+        last = self._linears[-1]
+        return [self.model[i].out_features if i == last else max(1, round(width * self.model[i].out_features))
+                for i in self._linears]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        units = dict(zip(self._linears, self._units(self.width)))
+        active_in = None  # the first Linear reads every input
+        for i, m in enumerate(self.model):
+            if isinstance(m, nn.Linear):
+                w = m.weight[:units[i]] if active_in is None else m.weight[:units[i], :active_in]
+                x = F.linear(x, w, None if m.bias is None else m.bias[:units[i]])
+                active_in = units[i]
+            else:
+                x = m(x)
+        return x
+
+    def macs(self, width: float | None = None) -> int:
+        """Multiply-accumulates per sample at ``width`` (default: the current one)."""
+        units = self._units(self.width if width is None else width)
+        ins = [self.model[self._linears[0]].in_features, *units[:-1]]
+        return sum(i * o for i, o in zip(ins, units))
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, distill: bool = True, T: float = 1.0) -> torch.Tensor:
+        """Sum over all widths of the loss at that width: cross-entropy at full width; at the narrower widths
+        cross-entropy, or (``distill``) :func:`sparsecomp.distill.kd_loss` against the full width's detached
+        predictions. Restores the current width."""
+        from .distill import kd_loss
+
+        current, total = self.width, None
+        try:
+            self.width = 1.0
+            full = self(x)
+            total = F.cross_entropy(full, target)
+            for w in self.widths[:-1]:
+                self.width = w
+                out = self(x)
+                total = total + (kd_loss(out, full.detach(), None, T=T, alpha=1.0) if distill
+                                 else F.cross_entropy(out, target))
+        finally:
+            self.width = current
+        return total
+
+    def export(self, width: float | None = None) -> nn.Sequential:
+        """A plain ``nn.Sequential`` with the Linear layers cut to ``width`` (copies of the weights)."""
+        width = self.width if width is None else width
+        if width not in self.widths:
+            raise ValueError(f"width must be one of {self.widths}, got {width!r}")
+        units = dict(zip(self._linears, self._units(width)))
+        layers, active_in = [], self.model[self._linears[0]].in_features
+        for i, m in enumerate(self.model):
+            if isinstance(m, nn.Linear):
+                lin = nn.Linear(active_in, units[i], bias=m.bias is not None, device=m.weight.device,
+                                dtype=m.weight.dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(m.weight[:units[i], :active_in])
+                    if m.bias is not None:
+                        lin.bias.copy_(m.bias[:units[i]])
+                layers.append(lin)
+                active_in = units[i]
+            else:
+                layers.append(copy.deepcopy(m))
+        return nn.Sequential(*layers)
+
+    def extra_repr(self) -> str:
+        return f"widths={self.widths}, width={self.width}"

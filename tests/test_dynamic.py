@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsecomp import datasets
-from sparsecomp.dynamic import EarlyExit, module_macs
+from sparsecomp.dynamic import EarlyExit, Slimmable, module_macs
 from sparsecomp.nn import SparseLinear
 
 
@@ -275,3 +275,64 @@ def test_errors():
         m.infer(ex, threshold=float("nan"))
     empty = m.infer(torch.zeros(0, 64), threshold=0.5)
     assert empty.histogram == [0, 0] and empty.logits.shape == (0, 10)
+
+
+# ============================================================================================ width multiplier
+
+def slim_mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Dropout(0.0), nn.Linear(96, 64), nn.GELU(),
+                         nn.Linear(64, 10))
+
+
+def test_slimmable_widths_match_exported_models(gen):
+    s = Slimmable(slim_mlp(), widths=[0.25, 0.5, 1.0]).eval()
+    x = torch.randn(7, 64, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(s(x), s.model(x), rtol=0, atol=0)  # full width = the original model
+        for w, hidden in ((0.25, (24, 16)), (0.5, (48, 32)), (1.0, (96, 64))):
+            s.set_width(w)
+            small = s.export()
+            dims = [(m.in_features, m.out_features) for m in small if isinstance(m, nn.Linear)]
+            assert dims == [(64, hidden[0]), hidden, (hidden[1], 10)]
+            torch.testing.assert_close(s(x), small(x), rtol=1e-6, atol=1e-6)
+            # the slice really is the leading units: a float64 reference from the original weights
+            m = s.model
+            h = torch.relu(x.double() @ m[0].weight[:hidden[0]].double().T + m[0].bias[:hidden[0]].double())
+            h = F.gelu(h @ m[3].weight[:hidden[1], :hidden[0]].double().T + m[3].bias[:hidden[1]].double())
+            ref = h @ m[5].weight[:, :hidden[1]].double().T + m[5].bias.double()
+            torch.testing.assert_close(s(x).double(), ref, rtol=1e-5, atol=1e-5)
+            assert s.macs() == 64 * hidden[0] + hidden[0] * hidden[1] + hidden[1] * 10
+            assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in m.parameters()) or w == 1.0
+
+
+def test_slimmable_training_makes_every_width_accurate():
+    train, test = datasets.digits()
+    s = Slimmable(slim_mlp(), widths=[0.25, 0.5, 1.0])
+    opt = torch.optim.Adam(s.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        for x, y in train.batches(64, generator=g):
+            opt.zero_grad()
+            s.loss(x, y).backward()
+            opt.step()
+    s.eval()
+    accs = {}
+    with torch.no_grad():
+        for w in s.widths:
+            accs[w] = (s.set_width(w)(test.x).argmax(1) == test.y).float().mean().item()
+    assert s.width == 1.0 and min(accs.values()) > 0.85 and accs[1.0] > 0.93, accs
+
+
+def test_slimmable_errors():
+    with pytest.raises(TypeError, match="Linear stacks only"):
+        Slimmable(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="expects"):
+        Slimmable(nn.Sequential(nn.Linear(4, 5), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="including 1.0"):
+        Slimmable(slim_mlp(), widths=[0.5])
+    with pytest.raises(ValueError, match="at least 2"):
+        Slimmable(nn.Sequential(nn.Linear(4, 2)))
+    s = Slimmable(slim_mlp())
+    with pytest.raises(ValueError, match="width must be one of"):
+        s.set_width(0.3)
