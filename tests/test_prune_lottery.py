@@ -71,7 +71,8 @@ def test_rewind_restores_initial_values_exactly():
         assert torch.equal(w[mask == 1], init[f"{name}.weight"][mask == 1])  # survivors: bit-exact init
         assert bool((w[mask == 0] == 0).all())
         assert torch.equal(layer.bias.detach(), init[f"{name}.bias"])
-    assert prune.sparsity(model) == math.floor(0.6 * (64 * 48 + 48 * 32 + 32 * 10) + 0.5) / (64 * 48 + 48 * 32 + 32 * 10)
+    n = 64 * 48 + 48 * 32 + 32 * 10
+    assert prune.sparsity(model) == math.floor(0.6 * n + 0.5) / n
 
 
 def test_late_rewinding_to_iteration_k_snapshot():

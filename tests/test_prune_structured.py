@@ -30,7 +30,8 @@ def test_linear_chain_zero_neurons_removed_outputs_kept():
     report = prune.neurons(model, 0.1, (x,), importance="l2")  # 10% of 40 = 4, of 20 = 2
     assert [r["removed"] for r in report.rows] == [dead1, dead2]
     assert all(r["exact"] for r in report.rows)
-    assert (model[0].out_features, model[2].in_features, model[2].out_features, model[4].in_features) == (36, 36, 18, 18)
+    shapes = (model[0].out_features, model[2].in_features, model[2].out_features, model[4].in_features)
+    assert shapes == (36, 36, 18, 18)
     assert model[0].weight.shape == (36, 64) and model[0].bias.shape == (36,)
     assert model[2].weight.shape == (18, 36) and model[4].weight.shape == (10, 18)
     assert "4" in report.unprunable  # the classifier's outputs are the model's outputs

@@ -138,7 +138,8 @@ class _Walker:
     def _visit(self, user, node, shape, cdim, block, channels, group) -> str | None:
         ndim = len(shape)
         module = self._module(user)
-        where = f"{user.op} {user.target if user.op != 'call_function' else getattr(user.target, '__name__', user.target)}"
+        target = getattr(user.target, "__name__", user.target) if user.op == "call_function" else user.target
+        where = f"{user.op} {target}"
         if user.op == "output":
             return "its output is a model output"
         if user.op == "call_method" and user.target in _IGNORED_METHODS:
