@@ -2,7 +2,8 @@
 
 Why an own format: ``torch.save`` pickles, and unpickling a file can run arbitrary code. This loader only
 parses JSON and copies little-endian numbers into tensors; nothing in the file is ever executed, and only
-the module types of a fixed registry (SparseLinear, SparseConv2d) can be built from it.
+the module types of a fixed registry (SparseLinear, SparseConv2d, BinaryLinear, BinaryConv2d) can be built
+from it.
 
 File layout (all integers little-endian)::
 
@@ -35,9 +36,13 @@ bit-exact, chosen per tensor only when smaller than raw):
 Every part may additionally be zlib-deflated when that saves >= 5% (``compress=True``).
 
 Reloading: ``load_compressed(path, into=model)`` where ``model`` has the saved architecture. At the names the
-header lists as SparseLinear / SparseConv2d, ``into`` may hold either that compressed module (any nonzero
-count) or the original ``nn.Linear`` / ``nn.Conv2d``, which is then replaced by a compressed module built from
-the header. So the usual round trip is: build the dense model as in training, ``load_compressed`` into it.
+header lists as SparseLinear / SparseConv2d / BinaryLinear / BinaryConv2d, ``into`` may hold either that
+compressed module (any nonzero count; for binary layers with or without a latent weight / folded BatchNorm
+scale, which follow the file) or the original ``nn.Linear`` / ``nn.Conv2d`` of the same shape, which is then
+replaced by a compressed module built from the header. So the usual round trip is: build the dense model as in
+training, ``load_compressed`` into it. Binary layers are stored as they are (``weight_bits`` int64 words,
+``alpha``, optional ``scale`` and ``bias``, the latent ``weight`` only if it was kept); their packed bits are
+validated (shape, zero tail bits, equal to the latent weight's signs where one is stored) before any copy.
 """
 from __future__ import annotations
 
@@ -54,8 +59,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .formats.packed_bits import pack_signs, validate_packed
 from .formats.sparse import TILE_COLS, TiledCSR, num_col_tiles
-from .nn import SparseConv2d, SparseLinear
+from .nn import BinaryConv2d, BinaryLinear, SparseConv2d, SparseLinear
 
 __all__ = ["save_compressed", "load_compressed", "compressed_size_report", "read_state_dict", "SizeReport",
            "CorruptFileError", "ModelMismatchError", "MAGIC", "VERSION"]
@@ -140,15 +146,112 @@ def _check_conv_config(c: dict) -> None:
         raise CorruptFileError("SparseConv2d bias/padding_mode invalid")
 
 
+# Binary layers: the config holds the constructor arguments plus which optional members the state_dict has
+# ("latent": the float latent weight, saved only with keep_latent; "scale": a folded BatchNorm gain). Those two
+# follow the file when loading into an existing binary module (its loader adapts), so they are "flexible".
+_BINARY_FLAGS = ("bias", "binarize_input", "keep_latent", "latent", "scale")
+_BINARY_FLEXIBLE = ("latent", "scale")
+
+
+def _binary_flags(m) -> dict:
+    return {"bias": m.bias is not None, "binarize_input": m.binarize_input, "activation": m.activation,
+            "keep_latent": m.keep_latent, "latent": m.keep_latent and m.weight is not None,
+            "scale": m.scale is not None}
+
+
+def _binary_linear_config(m: BinaryLinear) -> dict:
+    return {"in_features": m.in_features, "out_features": m.out_features, **_binary_flags(m)}
+
+
+def _binary_conv_config(m: BinaryConv2d) -> dict:
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+            "dilation": list(m.dilation), "groups": m.groups, "padding_mode": m.padding_mode, **_binary_flags(m)}
+
+
+def _dense_binary_linear_config(m: nn.Linear) -> dict:
+    """What a dense nn.Linear must share with a BinaryLinear to be replaced by it (its shape)."""
+    return {"in_features": m.in_features, "out_features": m.out_features}
+
+
+def _dense_binary_conv_config(m: nn.Conv2d) -> dict | None:
+    if m.padding_mode != "zeros":
+        return None  # binary convs pad with zeros (or +1): another padding is another function
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair_list(m.kernel_size),
+            "stride": _pair_list(m.stride), "padding": m.padding if isinstance(m.padding, str) else
+            _pair_list(m.padding), "dilation": _pair_list(m.dilation), "groups": m.groups}
+
+
+def _check_binary_flags(c: dict, what: str) -> None:
+    for k in _BINARY_FLAGS:
+        if not isinstance(c[k], bool):
+            raise CorruptFileError(f"{what} {k} must be true/false")
+    if c["activation"] not in ("none", "relu"):
+        raise CorruptFileError(f"{what} activation must be 'none' or 'relu', got {c['activation']!r}")
+    if c["latent"] and not c["keep_latent"]:
+        raise CorruptFileError(f"{what}: a latent weight is stored only with keep_latent")
+
+
+def _check_binary_linear_config(c: dict) -> None:
+    _expect_keys(c, {"in_features", "out_features", "activation", *_BINARY_FLAGS}, "BinaryLinear config")
+    for k in ("in_features", "out_features"):
+        _expect_int(c[k], f"BinaryLinear {k}", low=1)
+    _check_binary_flags(c, "BinaryLinear")
+
+
+def _check_binary_conv_config(c: dict) -> None:
+    what = "BinaryConv2d"
+    _expect_keys(c, {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                     "padding_mode", "activation", *_BINARY_FLAGS}, f"{what} config")
+    for k in ("in_channels", "out_channels", "groups"):
+        _expect_int(c[k], f"{what} {k}", low=1)
+    if c["in_channels"] % c["groups"] or c["out_channels"] % c["groups"]:
+        raise CorruptFileError(f"{what}: channels {c['in_channels']}, {c['out_channels']} not divisible by groups "
+                               f"{c['groups']}")
+    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+        if k == "padding" and c[k] in ("same", "valid"):
+            continue
+        if not isinstance(c[k], list) or len(c[k]) != 2:
+            raise CorruptFileError(f"{what} {k} must be a list of 2 integers")
+        for v in c[k]:
+            _expect_int(v, f"{what} {k}", low=low)
+    if c["padding_mode"] not in ("zeros", "ones"):
+        raise CorruptFileError(f"{what} padding_mode must be 'zeros' or 'ones', got {c['padding_mode']!r}")
+    _check_binary_flags(c, what)
+
+
+def _binary_members(module, c: dict):
+    """A freshly built binary module with the optional members the file's state_dict has (values come later)."""
+    if not c["latent"]:
+        module.weight = None  # packed bits only: frozen signs, as the saved module had
+    if c["scale"]:
+        module.scale = torch.ones_like(module.alpha)
+    return module
+
+
+def _build_binary_linear(c: dict, device, dtype) -> BinaryLinear:
+    return _binary_members(BinaryLinear(c["in_features"], c["out_features"], c["bias"], c["binarize_input"],
+                                        c["activation"], c["keep_latent"], device=device, dtype=dtype), c)
+
+
+def _build_binary_conv(c: dict, device, dtype) -> BinaryConv2d:
+    padding = c["padding"] if isinstance(c["padding"], str) else tuple(c["padding"])
+    return _binary_members(BinaryConv2d(c["in_channels"], c["out_channels"], tuple(c["kernel_size"]),
+                                        tuple(c["stride"]), padding, tuple(c["dilation"]), c["groups"], c["bias"],
+                                        c["binarize_input"], c["padding_mode"], c["activation"], c["keep_latent"],
+                                        device=device, dtype=dtype), c)
+
+
 @dataclass(frozen=True)
 class _Kind:
     cls: type
     dense_cls: type
     config: object  # module -> dict
-    dense_config: object  # dense module -> dict or None (not convertible)
+    dense_config: object  # dense module -> dict or None (not convertible); its keys must equal the file's
     check: object  # dict -> None, raises CorruptFileError
     build: object  # (dict, device, dtype) -> module
     dense_params: object  # dict -> int
+    flexible: tuple = ()  # config keys an existing module of this kind may differ in (its loader adapts)
 
 
 _KINDS = {
@@ -165,7 +268,19 @@ _KINDS = {
                                               c["padding_mode"], device=device, dtype=dtype),
         lambda c: c["in_channels"] * c["out_channels"] * math.prod(c["kernel_size"])
         + (c["out_channels"] if c["bias"] else 0)),
+    "BinaryLinear": _Kind(
+        BinaryLinear, nn.Linear, _binary_linear_config, _dense_binary_linear_config, _check_binary_linear_config,
+        _build_binary_linear,
+        lambda c: c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0),
+        _BINARY_FLEXIBLE),
+    "BinaryConv2d": _Kind(
+        BinaryConv2d, nn.Conv2d, _binary_conv_config, _dense_binary_conv_config, _check_binary_conv_config,
+        _build_binary_conv,
+        lambda c: c["out_channels"] * (c["in_channels"] // c["groups"]) * math.prod(c["kernel_size"])
+        + (c["out_channels"] if c["bias"] else 0),
+        _BINARY_FLEXIBLE),
 }
+_SPARSE_KINDS = ("SparseLinear", "SparseConv2d")
 
 
 def _kind_of(module: nn.Module) -> str | None:
@@ -308,7 +423,7 @@ def _serialize(model: nn.Module, compress: bool) -> tuple[bytes, list[bytes], di
             modules[name] = {"kind": kind, "config": _KINDS[kind].config(m)}
     structures = {}  # col_idx key -> (col_idx, row_ptr, weight shape) of the sparse modules
     for name, m in model.named_modules():
-        if name in modules:
+        if name in modules and modules[name]["kind"] in _SPARSE_KINDS:
             p = f"{name}." if name else ""
             structures[p + "col_idx"] = (m.col_idx, m.row_ptr, m._weight_shape)
     entries, blobs, offset = [], [], 0
@@ -568,9 +683,18 @@ def read_state_dict(path) -> OrderedDict:
 
 # ====================================================================================== loading into a model
 
-def _plan_swaps(into: nn.Module, modules: dict) -> dict[str, nn.Module]:
-    """Fresh compressed modules for the names where ``into`` still holds the dense layer."""
-    swaps = {}
+def _build(kind: _Kind, name: str, config: dict, device, dtype) -> nn.Module:
+    try:
+        return kind.build(config, device, dtype)
+    except (TypeError, ValueError) as err:  # a config the checks let through but the constructor refuses
+        raise CorruptFileError(f"module {name!r}: cannot build {kind.cls.__name__} from {config}: {err}") from None
+
+
+def _plan_swaps(into: nn.Module, modules: dict) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """(swaps, prototypes): fresh compressed modules for the names where ``into`` still holds the dense layer,
+    and the modules whose state_dict the file must match (the swaps, plus a fresh build from the file for
+    existing modules of a kind with flexible optional members; the others are ``into``'s own)."""
+    swaps, prototypes = {}, {}
     for name, m in modules.items():
         kind = _KINDS[m["kind"]]
         try:
@@ -578,46 +702,54 @@ def _plan_swaps(into: nn.Module, modules: dict) -> dict[str, nn.Module]:
         except AttributeError:
             raise ModelMismatchError(f"into has no module {name!r}; the file has a {m['kind']} there") from None
         if type(current) is kind.cls:
-            if kind.config(current) != m["config"]:
+            mine = {k: v for k, v in kind.config(current).items() if k not in kind.flexible}
+            theirs = {k: v for k, v in m["config"].items() if k not in kind.flexible}
+            if mine != theirs:
                 raise ModelMismatchError(f"module {name!r}: into's {m['kind']} {kind.config(current)} differs from "
                                          f"the file's {m['config']}")
+            if kind.flexible:
+                prototypes[name] = _build(kind, name, m["config"], current.alpha.device, current.alpha.dtype)
         elif isinstance(current, kind.dense_cls):
-            if kind.dense_config(current) != m["config"]:
+            dense = kind.dense_config(current)
+            if dense is None or any(m["config"].get(k, object()) != v for k, v in dense.items()):
                 raise ModelMismatchError(f"module {name!r}: into's {type(current).__name__} does not match the "
                                          f"file's {m['kind']} {m['config']}")
             if name == "":
                 raise ModelMismatchError(f"into itself must be a {m['kind']} (a root module cannot be replaced)")
             w = current.weight
-            swaps[name] = kind.build(m["config"], w.device, w.dtype)
+            swaps[name] = prototypes[name] = _build(kind, name, m["config"], w.device, w.dtype)
         else:
             raise ModelMismatchError(f"module {name!r}: into has a {type(current).__name__}, the file has a "
                                      f"{m['kind']} (or its dense {kind.dense_cls.__name__}) there")
-    return swaps
+    return swaps, prototypes
 
 
-def _expected_state(into: nn.Module, swaps: dict) -> dict[str, torch.Tensor]:
+def _expected_state(into: nn.Module, prototypes: dict) -> dict[str, torch.Tensor]:
     expected = {k: v for k, v in into.state_dict().items()
-                if not any(k.startswith(p + ".") for p in swaps)}
-    for prefix, module in swaps.items():
+                if not any(k.startswith(p + ".") for p in prototypes)}
+    for prefix, module in prototypes.items():
         expected.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
     return expected
 
 
-def _check_against(into: nn.Module, swaps: dict, header: dict) -> dict[str, nn.Module]:
+def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dict, dict]:
     """Names, dtypes and shapes of the file (from its header, before any payload is decoded, so a mismatched
-    file allocates nothing) against ``into`` with the planned swaps; returns the sparse modules by name."""
-    expected = _expected_state(into, swaps)
+    file allocates nothing) against ``into`` with the planned swaps; returns the sparse and the binary modules
+    (or their prototypes) by name."""
+    expected = _expected_state(into, prototypes)
     entries = {e["name"]: e for e in header["tensors"]}
     missing, unexpected = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
     if missing or unexpected:
         parts = [f"{what} {names[:8]}{'...' if len(names) > 8 else ''}"
                  for what, names in (("missing from the file:", missing), ("not in into:", unexpected)) if names]
         raise ModelMismatchError(f"state_dict names differ; {'; '.join(parts)}")
-    sparse = {}
+    sparse, binary = {}, {}
     for name, m in into.named_modules():
-        m = swaps.get(name, m)
+        m = prototypes.get(name, m)
         if isinstance(m, (SparseLinear, SparseConv2d)):
             sparse[name] = m
+        elif isinstance(m, (BinaryLinear, BinaryConv2d)):
+            binary[name] = m
     # values/col_idx of sparse modules have the file's nonzero count (the module resizes), at most rows * cols
     resizable = {(f"{n}." if n else "") + k: math.prod(m._weight_shape) for n, m in sparse.items()
                  for k in ("values", "col_idx")}
@@ -635,7 +767,7 @@ def _check_against(into: nn.Module, swaps: dict, header: dict) -> dict[str, nn.M
                                          f"{resizable[key]} nonzeros")
         elif shape != tuple(want.shape):
             raise ModelMismatchError(f"{key!r}: file shape {shape} != into's {tuple(want.shape)}")
-    return sparse
+    return sparse, binary
 
 
 def _validate_sparse(sparse: dict, state: dict) -> None:
@@ -645,6 +777,21 @@ def _validate_sparse(sparse: dict, state: dict) -> None:
             TiledCSR(state[p + "values"], state[p + "col_idx"], state[p + "row_ptr"], m._weight_shape).validate()
         except ValueError as err:
             raise CorruptFileError(f"module {name!r}: invalid sparse weight: {err}") from None
+
+
+def _validate_binary(binary: dict, state: dict) -> None:
+    """Packed bits the popcount kernels can trust (tail bits zero: a set one would add a phantom +1 weight to
+    every output) and, where a latent weight is stored, bits that are its signs."""
+    for name, m in binary.items():
+        p = f"{name}." if name else ""
+        bits = state[p + "weight_bits"]
+        try:
+            validate_packed(bits, m._weight_shape)
+        except (TypeError, ValueError) as err:
+            raise CorruptFileError(f"module {name!r}: invalid packed bits: {err}") from None
+        latent = state.get(p + "weight")
+        if latent is not None and not torch.equal(pack_signs(latent), bits):
+            raise CorruptFileError(f"module {name!r}: weight_bits are not the signs of the stored latent weight")
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -657,18 +804,19 @@ def load_compressed(path, into: nn.Module) -> nn.Module:
 
     Everything is validated before ``into`` is touched: magic, version, header checksum and schema, dtype
     allowlist, shapes against part sizes, total file length, every part's checksum, sparse index structure,
-    and names/shapes/dtypes against ``into``. Dense ``nn.Linear``/``nn.Conv2d`` layers at names the file
-    stores compressed are replaced by SparseLinear/SparseConv2d (see the module docstring). On any error
+    packed sign bits, and names/shapes/dtypes against ``into``. Dense ``nn.Linear``/``nn.Conv2d`` layers at
+    names the file stores compressed are replaced by the compressed module (see the module docstring). On any error
     ``into`` is left exactly as it was and a :class:`CorruptFileError` (bad file) or
     :class:`ModelMismatchError` (valid file, other model), both ``ValueError``, is raised.
     """
     if not isinstance(into, nn.Module):
         raise TypeError(f"into must be an nn.Module (the model skeleton to load into), got {type(into).__name__}")
     data, header, start = _load(path)
-    swaps = _plan_swaps(into, header["modules"])
-    sparse = _check_against(into, swaps, header)
+    swaps, prototypes = _plan_swaps(into, header["modules"])
+    sparse, binary = _check_against(into, prototypes, header)
     state = _decode_all(path, data, start, header)
     _validate_sparse(sparse, state)
+    _validate_binary(binary, state)
     # Transaction: the checks above make failure here unexpected (a custom module's own loader check); if it
     # happens anyway, put the replaced modules and the old values back.
     originals = {name: into.get_submodule(name) for name in swaps}

@@ -14,7 +14,7 @@ from torch import nn
 
 from sparsecomp.io import (MAGIC, CorruptFileError, ModelMismatchError, compressed_size_report, load_compressed,
                            read_state_dict, save_compressed)
-from sparsecomp.nn import SparseConv2d, SparseLinear
+from sparsecomp.nn import BinaryConv2d, BinaryLinear, SparseConv2d, SparseLinear
 
 from conftest import random_pruned
 
@@ -490,3 +490,174 @@ def test_save_rejects_unsupported_state(tmp_path):
     with pytest.raises(TypeError, match="nn.Module"):
         save_compressed({"w": torch.zeros(1)}, tmp_path / "x.scz")
     assert not os.listdir(tmp_path)
+
+
+# ============================================================================================ binary layers
+
+def binary_skeleton() -> nn.Sequential:
+    """The dense architecture the binary model below is loaded into."""
+    return nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, stride=2, padding=2, dilation=2, groups=2), nn.ReLU(), nn.Flatten(),  # 9x9 -> 5x5
+        nn.Linear(6 * 5 * 5, 70),
+        nn.Linear(70, 33, bias=False),
+        nn.Linear(33, 10))
+
+
+def binary_model(gen) -> nn.Sequential:
+    """Binary layers of every stored variant: a folded BatchNorm (``scale``, frozen signs), a grouped strided
+    dilated conv with +1 padding and its latent weight kept, a fused ReLU, real-valued inputs without bias
+    (latent kept); the last layer stays dense."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = binary_skeleton()
+    bn = nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.normal_()  # negative gammas give negative alphas
+        bn.bias.normal_()
+    m[0] = BinaryConv2d.from_float(m[0], bn=bn)
+    m[2] = BinaryConv2d.from_float(m[2], padding_mode="ones", keep_latent=True)
+    m[5] = BinaryLinear.from_float(m[5], activation="relu")
+    m[6] = BinaryLinear.from_float(m[6], binarize_input=False, keep_latent=True)
+    return m.eval()
+
+
+@pytest.fixture
+def binary_saved(tmp_path, gen):
+    model = binary_model(gen)
+    path = tmp_path / "binary.scz"
+    save_compressed(model, path, compress=False)  # parts uncompressed: the tamper tests rewrite them
+    return model, path
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["zlib", "plain"])
+def test_binary_round_trip_into_dense_skeleton_is_bit_exact(tmp_path, gen, compress):
+    model = binary_model(gen)
+    path = tmp_path / "b.scz"
+    report = save_compressed(model, path, compress=compress)
+    into = binary_skeleton()
+    assert load_compressed(path, into=into) is into
+    into.eval()
+    assert [type(into[i]) for i in (0, 2, 5, 6, 7)] == [BinaryConv2d, BinaryConv2d, BinaryLinear, BinaryLinear,
+                                                        nn.Linear]
+    assert into[0].scale is not None and into[0].weight is None and into[0].bias is not None
+    assert into[2].weight is not None and into[2].keep_latent and into[2].padding_mode == "ones"
+    assert (into[2].groups, into[2].stride, into[2].dilation, into[2].padding) == (2, (2, 2), (2, 2), (2, 2))
+    assert into[5].activation == "relu" and into[6].bias is None and not into[6].binarize_input
+    assert_same_state(model, into)
+    assert torch.equal(into[2].weight, model[2].weight)  # the latent weight came back too
+    x = torch.randn(7, 4, 9, 9, generator=gen)
+    with torch.no_grad():
+        y = model(x)
+        assert bool(torch.isfinite(y).all()) and torch.equal(y, into(x))
+    # saving the reloaded model writes the same bytes: nothing was lost or re-derived
+    again = tmp_path / "again.scz"
+    save_compressed(into, again, compress=compress)
+    assert again.read_bytes() == path.read_bytes()
+    assert report.dense_params == sum(p.numel() for p in binary_skeleton().parameters())
+    packed = sum(model[i].weight_bits.numel() * 8 for i in (0, 2, 5, 6))
+    assert report.bytes_by_kind["packed_bits"] == packed if not compress else 0 < report.bytes_by_kind[
+        "packed_bits"] <= packed
+
+
+def test_binary_file_into_binary_skeleton_loads_in_place(binary_saved):
+    model, path = binary_saved
+    into = binary_skeleton()
+    # constructor arguments as in the file; optional members (scale, latent weight) different: they follow the file
+    into[0] = BinaryConv2d.from_float(into[0])
+    into[2] = BinaryConv2d.from_float(into[2], padding_mode="ones", keep_latent=True)
+    into[5] = BinaryLinear.from_float(into[5], activation="relu")
+    into[6] = BinaryLinear.from_float(into[6], binarize_input=False, keep_latent=True)
+    modules = [into[i] for i in (0, 2, 5, 6)]
+    assert into[0].scale is None and into[0].weight is not None
+    load_compressed(path, into=into)
+    assert [into[i] for i in (0, 2, 5, 6)] == modules, "existing binary modules must be loaded in place"
+    assert into[0].scale is not None and into[0].weight is None
+    assert_same_state(model, into.eval())
+    x = torch.randn(3, 4, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(model(x), into(x))
+    # a differing constructor argument is another model
+    other = binary_skeleton()
+    other[5] = BinaryLinear.from_float(other[5])  # activation none, the file's is relu
+    before = fingerprint(other)
+    with pytest.raises(ModelMismatchError, match="module '5'.*differs from the file"):
+        load_compressed(path, into=other)
+    assert_untouched(other, before)
+
+
+def _rewrite_part(header, payload, name, part, mutate):
+    """Mutates one uncompressed part in place and fixes its checksum (so only the semantic checks can object)."""
+    p = entry(header, name)["parts"][part]
+    assert p["codec"] == "none"
+    blob = bytearray(payload[p["offset"]:p["offset"] + p["length"]])
+    mutate(blob)
+    payload[p["offset"]:p["offset"] + p["length"]] = blob
+    p["crc32"] = zlib.crc32(bytes(blob))
+    return payload
+
+
+def expect_binary_rejected(path, match, cls=CorruptFileError):
+    into = binary_skeleton()
+    before = fingerprint(into)
+    with pytest.raises(cls, match=match):
+        load_compressed(path, into=into)
+    assert_untouched(into, before)
+
+
+def test_corrupt_packed_bits_are_rejected(binary_saved, tmp_path):
+    _, path = binary_saved
+
+    def tail_bit(blob):  # 150 inputs: bits 22..63 of each row's third word are padding; set bit 40 of row 0's
+        blob[2 * 8 + 5] |= 1
+
+    bad = tamper(path, tmp_path, lambda h: None, lambda h, p: _rewrite_part(h, p, "5.weight_bits", "data", tail_bit))
+    expect_binary_rejected(bad, r"module '5': invalid packed bits.*tail bits")
+
+    def conv_tail_bit(blob):  # 3 channels per group: bits 3..63 of every word are padding
+        blob[7] |= 0x80  # the sign bit of the first word
+
+    bad = tamper(path, tmp_path, lambda h: None,
+                 lambda h, p: _rewrite_part(h, p, "2.weight_bits", "data", conv_tail_bit))
+    expect_binary_rejected(bad, r"module '2': invalid packed bits.*tail bits")
+
+    def flip_sign(blob):  # an in-range bit: valid bits, but no longer the stored latent weight's signs
+        blob[0] ^= 1
+
+    bad = tamper(path, tmp_path, lambda h: None, lambda h, p: _rewrite_part(h, p, "6.weight_bits", "data", flip_sign))
+    expect_binary_rejected(bad, r"module '6': weight_bits are not the signs of the stored latent weight")
+    # the same flip where no latent weight is stored is a valid (different) model: it loads
+    ok = tamper(path, tmp_path, lambda h: None, lambda h, p: _rewrite_part(h, p, "5.weight_bits", "data", flip_sign))
+    into = load_compressed(ok, into=binary_skeleton())
+    assert int(into[5].weight_bits[0, 0] & 1) != int(binary_saved[0][5].weight_bits[0, 0] & 1)
+    # packed bits of the wrong shape never reach the module
+    bad = tamper(path, tmp_path, lambda h: entry(h, "5.weight_bits").update(shape=[70, 2]))
+    expect_binary_rejected(bad, "elements but shape|shape")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda h: h["modules"]["5"]["config"].update(activation="tanh"), "activation must be"),
+    (lambda h: h["modules"]["5"]["config"].update(in_features=0), "integer >= 1"),
+    (lambda h: h["modules"]["5"]["config"].update(latent="yes"), "latent must be true/false"),
+    (lambda h: h["modules"]["5"]["config"].pop("scale"), "exactly the fields"),
+    (lambda h: h["modules"]["6"]["config"].update(keep_latent=False), "only with keep_latent"),
+    (lambda h: h["modules"]["2"]["config"].update(groups=4), "divisible by groups"),
+    (lambda h: h["modules"]["2"]["config"].update(padding_mode="reflect"), "padding_mode"),
+    (lambda h: h["modules"]["2"]["config"].update(binarize_input=False), "cannot build BinaryConv2d"),
+])
+def test_tampered_binary_configs_are_rejected(binary_saved, tmp_path, edit, match):
+    _, path = binary_saved
+    expect_binary_rejected(tamper(path, tmp_path, edit), match)
+
+
+def test_binary_file_into_mismatched_dense_skeleton(binary_saved):
+    _, path = binary_saved
+    for index, layer in ((5, nn.Linear(150, 71)), (2, nn.Conv2d(6, 6, 3, stride=2, padding=2, dilation=2)),
+                         (0, nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"))):
+        into = binary_skeleton()
+        into[index] = layer
+        before = fingerprint(into)
+        with pytest.raises(ModelMismatchError, match=f"module '{index}'.*does not match"):
+            load_compressed(path, into=into)
+        assert_untouched(into, before)
