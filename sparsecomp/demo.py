@@ -124,17 +124,6 @@ def _speed_timer():
     return timer
 
 
-def _positive_zeros_(model: nn.Module) -> None:
-    """Pruning masks zero weights by multiplication, which leaves -0.0 where the weight was negative; the file
-    format keeps -0.0 bit-exactly (as a stored value), so a pruned layer left dense would store half its zeros
-    as values. Same function, fewer bytes: write them as +0.0."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                w = module.weight
-                w.masked_fill_(w == 0, 0.0)
-
-
 def _batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """The first ``size`` test samples (cycled if the split is smaller)."""
     reps = -(-size // x.shape[0])
@@ -213,7 +202,6 @@ def compress_model(setup: Setup, config: Config, workdir, verbose: bool = True) 
     example = _batch(test.x, config.convert_batch)
     converted = convert(student, (example,), prefer="speed", repeats=config.convert_repeats, timer=_speed_timer(),
                         verbose=verbose).eval()
-    _positive_zeros_(converted)
     compressed_acc = demo_models.accuracy(converted, test)
 
     os.makedirs(workdir, exist_ok=True)

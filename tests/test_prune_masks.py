@@ -238,3 +238,17 @@ def test_masked_training_end_to_end_keeps_accuracy():
     assert prune.sparsity(model) == pytest.approx(expected_zeros(0.8, 64 * 48 + 48 * 32 + 32 * 10)
                                                   / (64 * 48 + 48 * 32 + 32 * 10))
     assert accuracy(model) > max(dense - 0.02, pruned + 0.1)  # fine-tuning under the masks recovers
+
+
+def test_pruned_weights_are_positive_zero_even_from_negative_weights():
+    """Masks write +0.0: a -0.0 (what multiplying by the mask leaves) would be stored as a value by
+    save_compressed."""
+    layer = nn.Linear(8, 6)
+    with torch.no_grad():
+        layer.weight.copy_(-torch.rand(6, 8) - 0.5)  # all negative
+        layer.weight[0, 0] = 0.0
+    prune.magnitude(nn.Sequential(layer), amount=0.5, scope="layer")
+    removed = prune.get_mask(layer, "weight") == 0
+    w = layer.weight.detach()
+    assert removed.sum().item() == 24
+    assert torch.equal(w[removed], torch.zeros(24)) and not torch.signbit(w[removed]).any()

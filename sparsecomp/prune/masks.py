@@ -79,8 +79,8 @@ def _enforce(module: nn.Module, name: str, only_if_written: bool = False) -> Non
     state = getattr(module, _STATE_ATTR)
     if only_if_written and param._version == state.get(name):
         return
-    with torch.no_grad():
-        param.mul_(module._buffers[_mask_buffer(name)])
+    with torch.no_grad():  # masked_fill, not mul: pruned weights become +0.0 (never -0.0 or NaN)
+        param.masked_fill_(module._buffers[_mask_buffer(name)] == 0, 0.0)
     state[name] = param._version
 
 
@@ -137,7 +137,7 @@ def _ensure_optimizer_hook() -> None:
 def _drop(module: nn.Module, name: str) -> None:
     param = getattr(module, name)
     with torch.no_grad():
-        param.mul_(module._buffers[_mask_buffer(name)])
+        param.masked_fill_(module._buffers[_mask_buffer(name)] == 0, 0.0)
     entry = _REGISTRY.get(id(param))
     if entry is not None and entry[0]() is param:
         if entry[3] is not None:
