@@ -1,8 +1,8 @@
 """Typed wrappers of ``torch.ops.sparsecomp.*`` with their fake (meta) kernels and autograd formulas.
 
 The C++ ops are registered by ``sparsecomp._C``; this module teaches torch.compile their output shapes
-(``register_fake``) and autograd their derivatives (``register_autograd``), so they work in eager mode, under
-``torch.compile(fullgraph=True)`` and in training.
+(``register_fake``), so they work in eager mode, under ``torch.compile(fullgraph=True)`` and in training. The
+derivatives of the sparse ops are C++ (csrc/ops/sparse_autograd.cpp); the binary ops register theirs here.
 """
 from __future__ import annotations
 
@@ -54,50 +54,8 @@ def _backward_values_fake(grad_out, x, col_idx, row_ptr, in_features):
     return x.new_empty((col_idx.shape[0],))
 
 
-def _sparse_linear_setup_context(ctx, inputs, output):
-    x, values, col_idx, row_ptr, bias, in_features = inputs
-    ctx.save_for_backward(x, values, col_idx, row_ptr)
-    ctx.in_features = in_features
-    ctx.has_bias = bias is not None
-
-
-def _sparse_linear_backward(ctx, grad_out):
-    x, values, col_idx, row_ptr = ctx.saved_tensors
-    grad_out = grad_out.contiguous()
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _lib.sparse_linear_backward_input(grad_out, values, col_idx, row_ptr, ctx.in_features)
-    if ctx.needs_input_grad[1]:
-        grad_values = _lib.sparse_linear_backward_values(grad_out, x, col_idx, row_ptr, ctx.in_features)
-    if ctx.has_bias and ctx.needs_input_grad[4]:
-        grad_bias = grad_out.sum(0)
-    return grad_x, grad_values, None, None, grad_bias, None
-
-
-torch.library.register_autograd("sparsecomp::sparse_linear", _sparse_linear_backward,
-                                setup_context=_sparse_linear_setup_context)
-
-
-def _sparse_matmul_backward(ctx, grad_out):
-    # The k-major problem is sparse_linear on the samples (batch x columns); reuse its backward kernels.
-    x, values, col_idx, row_ptr = ctx.saved_tensors
-    batch, _, columns = x.shape
-    rows = grad_out.shape[1]
-    grad_rows = grad_out.transpose(1, 2).reshape(batch * columns, rows)
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _lib.sparse_linear_backward_input(grad_rows, values, col_idx, row_ptr, ctx.in_features)
-        grad_x = grad_x.reshape(batch, columns, ctx.in_features).transpose(1, 2)
-    if ctx.needs_input_grad[1]:
-        x_rows = x.transpose(1, 2).reshape(batch * columns, ctx.in_features)
-        grad_values = _lib.sparse_linear_backward_values(grad_rows, x_rows, col_idx, row_ptr, ctx.in_features)
-    if ctx.has_bias and ctx.needs_input_grad[4]:
-        grad_bias = grad_out.sum((0, 2))
-    return grad_x, grad_values, None, None, grad_bias, None
-
-
-torch.library.register_autograd("sparsecomp::sparse_matmul", _sparse_matmul_backward,
-                                setup_context=_sparse_linear_setup_context)
+# Autograd of sparse_linear / sparse_matmul is registered in C++ (csrc/ops/sparse_autograd.cpp): a Python autograd
+# kernel would run on every call outside inference_mode, torch.no_grad() included, and cost as much as the op.
 
 
 # ---- binary (1-bit) ops: layout and semantics in csrc/sparsecomp.cpp and csrc/cpu/bitpack.h ----

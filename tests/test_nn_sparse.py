@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
 
-from sparsecomp.nn import SparseConv2d, SparseLinear
+from sparsecomp.nn import SparseConv2d, SparseLinear, sparse_conv
 
 from conftest import assert_close_fp, assert_within_bound, random_mask, random_pruned, to_csr
 
@@ -250,6 +252,42 @@ def test_linear_torch_compile_fullgraph_matches_eager(gen):
     torch._dynamo.reset()
 
 
+class _Scale(nn.Module):
+    def forward(self, v):
+        return 2.0 * v
+
+
+def test_linear_weight_moved_by_torch_utils_is_found(gen):
+    """forward reads values/bias from the module's dicts for speed; torch.nn.utils.prune and parametrize move
+    them out of there, and the layer must then use what the attribute gives (masked / parametrized values)."""
+    lin = pruned_linear(12, 5, 0.5, gen)
+    x = torch.randn(3, 12, generator=gen)
+    sp = SparseLinear.from_dense(lin)
+    torch_prune.l1_unstructured(sp, "values", amount=0.5)
+    assert "values" not in sp._parameters
+    masked = SparseLinear.from_dense(lin)
+    with torch.no_grad():
+        masked.values.mul_(sp.values_mask)
+    assert_close_fp(sp(x), x, masked.weight_matrix(), lin.bias.detach())
+    # (parametrize cannot take "values": the name clashes with ModuleDict.values)
+    sp = SparseLinear.from_dense(lin)
+    parametrize.register_parametrization(sp, "bias", _Scale())
+    assert "bias" not in sp._parameters
+    assert_close_fp(sp(x), x, lin.weight.detach(), 2 * lin.bias.detach())
+
+
+def test_linear_functional_call_uses_the_given_tensors(gen):
+    lin = pruned_linear(10, 4, 0.5, gen)
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(2, 3, 10, generator=gen)
+    new_values, new_bias = torch.randn(sp.nnz, generator=gen), torch.randn(4, generator=gen)
+    y = torch.func.functional_call(sp, {"values": new_values, "bias": new_bias}, (x,))
+    w = torch.zeros(4, 10)
+    w[lin.weight != 0] = new_values
+    assert_close_fp(y, x, w, new_bias)
+    assert_close_fp(sp(x), x, lin.weight.detach(), lin.bias.detach())  # the module itself is unchanged
+
+
 def test_linear_double_and_half(gen):
     lin = pruned_linear(16, 5, 0.5, gen)
     sp = SparseLinear.from_dense(lin).double()
@@ -366,6 +404,42 @@ def test_conv_matches_dense(cfg, gen):
                 raise AssertionError(f"{ctx}: {err}") from None
 
 
+@pytest.mark.parametrize("cfg", CONV_CONFIGS, ids=conv_id)
+def test_conv_im2col_paths_agree(cfg, gen, monkeypatch):
+    """Without a graph to x (and above a size) the input is unfolded through a strided view, otherwise through
+    F.unfold (whose backward is fold): both must give bitwise the same result."""
+    monkeypatch.setattr(sparse_conv, "_STRIDED_MIN_ELEMENTS", 0)  # strided whenever no graph reaches x
+    for cin, cout, k in CHANNELS:
+        sp = SparseConv2d.from_dense(pruned_conv(cin, cout, k, gen, **cfg))
+        x = torch.randn(2, cin, 9, 10, generator=gen)
+        y = sp(x)
+        y_unfold = sp(x.clone().requires_grad_())
+        assert y_unfold.grad_fn is not None
+        assert torch.equal(y, y_unfold.detach()), (cin, cout, k)
+        with torch.no_grad():
+            assert torch.equal(sp(x.clone().requires_grad_()), y)
+
+
+def test_conv_strided_inputs(gen, monkeypatch):
+    """The strided im2col reads x through its own strides and storage offset: views, channels_last, expanded."""
+    monkeypatch.setattr(sparse_conv, "_STRIDED_MIN_ELEMENTS", 0)
+    conv = pruned_conv(3, 4, 3, gen, padding=(0, 1), stride=(2, 1), dilation=(1, 2))
+    sp = SparseConv2d.from_dense(conv)
+    big = torch.randn(3, 5, 12, 14, generator=gen)
+    views = {
+        "offset slice": big[1:, 1:4, 2:, 3:],
+        "channel step": big[:, ::2, :, :],
+        "transposed hw": big[:, :3].transpose(2, 3),
+        "channels_last": big[:, :3].contiguous(memory_format=torch.channels_last),
+        "expanded batch": big[:1, :3].expand(4, -1, -1, -1),
+    }
+    for name, xv in views.items():
+        with torch.no_grad():
+            expected = sp(xv.contiguous())
+            assert torch.equal(sp(xv), expected), name
+        assert_conv_close(expected, conv, xv.contiguous())
+
+
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 def test_conv_unbatched_input(padding_mode, gen):
     conv = pruned_conv(3, 5, 3, gen, padding=1, padding_mode=padding_mode)
@@ -457,3 +531,31 @@ def test_conv_valid_padding_and_channels_last(gen):
     assert_conv_close(y, conv, x)
     y_cl = sp(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(y_cl, y, rtol=0, atol=0)
+
+
+def test_conv_torch_compile_fullgraph_matches_eager(gen):
+    torch._dynamo.reset()
+    model = nn.Sequential(SparseConv2d.from_dense(pruned_conv(3, 6, 3, gen, padding=1)), nn.ReLU(),
+                          SparseConv2d.from_dense(pruned_conv(6, 4, 3, gen, stride=2, padding_mode="reflect",
+                                                              padding=1)))
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 7, 6, generator=gen)
+    g = torch.randn(2, 4, 4, 3, generator=gen)
+
+    def run(m):
+        m.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(g)
+        return y.detach(), xi.grad, [p.grad.clone() for p in model.parameters()]
+
+    y_e, gx_e, gp_e = run(model)
+    y_c, gx_c, gp_c = run(compiled)
+    torch.testing.assert_close(y_c, y_e, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx_c, gx_e, rtol=1e-6, atol=1e-6)
+    assert len(gp_c) == len(gp_e) == 4
+    for a, b in zip(gp_c, gp_e):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # the other im2col path (strided view), compiled for inference
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-6, atol=1e-6)
+    torch._dynamo.reset()

@@ -83,3 +83,28 @@ def test_nonfinite_input_as_dense(cpu_isa, gen):
     assert torch.equal(out.isnan(), dense.isnan()) and torch.equal(out.isinf(), dense.isinf())
     finite = dense.isfinite()
     torch.testing.assert_close(out[finite], dense[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_nonfinite_in_any_sample_tile_as_dense(cpu_isa, gen, threads, dtype):
+    """The finiteness scan runs per sample tile inside the kernel loop: a single NaN or Inf anywhere (first,
+    middle or ragged last tile of any sample, first or last input row) must still give the dense pattern."""
+    w = random_pruned(40, 12, 0.7, dtype=dtype, generator=gen)  # 40 rows: several row chunks per tile
+    w[:, 0] = 0  # input row 0 stored by no output row: every output of its columns turns NaN
+    x = torch.randn(3, 12, 130, dtype=dtype, generator=gen)  # 130 columns: 3-5 tiles, the last one ragged
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, k, col in [(0, 0, 0), (0, 11, 40), (1, 5, 64), (1, 0, 100), (2, 11, 129), (2, 3, 127)]:
+            for bad in (float("nan"), float("inf")):
+                xb = x.clone()
+                xb[n, k, col] = bad
+                out = op(xb, *to_csr(w), None, 12)
+                dense = w @ xb
+                ctx = f"x[{n}, {k}, {col}] = {bad}"
+                assert torch.equal(out.isnan(), dense.isnan()), ctx
+                assert torch.equal(out.isinf(), dense.isinf()), ctx
+                assert out.isnan().any(), ctx
+    finally:
+        torch.set_num_threads(before)

@@ -241,9 +241,7 @@ at::Tensor binary_conv2d_packed(const at::Tensor& x, const at::Tensor& weight_bi
 at::Tensor binary_conv2d_connect(const at::Tensor& x, const at::Tensor& weight_bits, const at::Tensor& alpha,
                                  const c10::optional<at::Tensor>& bias, const ConvGeometry& g, bool relu) {
   // [O, kh, kw, cw] bits -> [O, kh, kw, cg] +-1 -> [O, cg, kh, kw] * alpha.
-  const at::Tensor shifts = at::arange(64, weight_bits.options());
-  const at::Tensor bits = weight_bits.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(1);
-  const at::Tensor signs = bits.flatten(-2).narrow(-1, 0, g.cg()).to(at::kFloat).mul(2).sub(1);
+  const at::Tensor signs = bitunpack_cpu(weight_bits, g.cg());
   const at::Tensor weight = (signs.permute({0, 3, 1, 2}) * alpha.view({-1, 1, 1, 1})).contiguous();
   at::Tensor y = at::conv2d(x, weight, bias, {g.sh, g.sw}, {g.ph, g.pw}, {g.dh, g.dw}, g.groups);
   return relu ? y.relu_() : y;

@@ -73,3 +73,8 @@ inline void rows_to_panels(const uint64_t* xp, int64_t m, int64_t k_words, uint6
 }
 
 }  // namespace sparsecomp::cpu_binding
+
+namespace sparsecomp {
+// The CPU kernel of bitunpack (csrc/ops/bitpack_cpu.cpp): int64 [..., W] -> float32 [..., size] of +1/-1.
+at::Tensor bitunpack_cpu(const at::Tensor& packed, int64_t size);
+}  // namespace sparsecomp

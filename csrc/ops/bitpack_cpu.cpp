@@ -3,6 +3,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
+#include <cstring>
+
 #include "binary_checks.h"
 #include "binary_cpu_common.h"
 
@@ -45,6 +48,8 @@ at::Tensor bitpack_cpu(const at::Tensor& x_in) {
   return out;
 }
 
+}  // namespace
+
 at::Tensor bitunpack_cpu(const at::Tensor& packed_in, int64_t size) {
   TORCH_CHECK(packed_in.dim() >= 1, "bitunpack: packed must have at least one dimension, got a scalar");
   TORCH_CHECK(packed_in.scalar_type() == at::kLong, "bitunpack: packed must be int64, got ", packed_in.scalar_type());
@@ -60,14 +65,24 @@ at::Tensor bitunpack_cpu(const at::Tensor& packed_in, int64_t size) {
   const at::Tensor packed = packed_in.contiguous();
   const uint64_t* p = cpu_binding::words_of(packed);
   float* o = out.data_ptr<float>();
+  // One 8-float row of a 256-entry table per byte of bits (little-endian: byte j holds elements 8j..8j+7).
+  static const auto table = [] {
+    std::array<std::array<float, 8>, 256> t{};
+    for (int b = 0; b < 256; ++b)
+      for (int i = 0; i < 8; ++i) t[b][i] = ((b >> i) & 1) ? 1.0f : -1.0f;
+    return t;
+  }();
   at::parallel_for(0, rows, cpu_binding::binary_grain(rows, rows * words * 8), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r)
-      for (int64_t i = 0; i < size; ++i) o[r * size + i] = ((p[r * words + (i >> 6)] >> (i & 63)) & 1u) ? 1.0f : -1.0f;
+    for (int64_t r = b; r < e; ++r) {
+      const uint8_t* bytes = reinterpret_cast<const uint8_t*>(p + r * words);
+      float* dst = o + r * size;
+      const int64_t full = size / 8;
+      for (int64_t j = 0; j < full; ++j) std::memcpy(dst + 8 * j, table[bytes[j]].data(), 8 * sizeof(float));
+      for (int64_t i = full * 8; i < size; ++i) dst[i] = table[bytes[full]][i - full * 8];
+    }
   });
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(sparsecomp, CPU, m) {
   m.impl("bitpack", &bitpack_cpu);

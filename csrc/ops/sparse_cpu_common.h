@@ -26,7 +26,9 @@ SparseRows<T> view_of(const at::Tensor& values, const at::Tensor& col_idx, const
           row_ptr.data_ptr<int64_t>(), s.rows, in_features, s.tiles};
 }
 
-// row_ptr must start at 0, never decrease and end at nnz, or a kernel would read out of bounds.
+// row_ptr must start at 0, never decrease and end at nnz, or a kernel would read out of bounds. Checked on every
+// call (the op may be given any tensors): measured at ~0.1 us for 300 rows, ~3% of a batch-1 call, so no cache
+// of already-validated tensors (which an in-place write to row_ptr could silently invalidate).
 inline void check_row_ptr_cpu(const char* op, const at::Tensor& row_ptr, int64_t nnz) {
   const int64_t* rp = row_ptr.data_ptr<int64_t>();
   const int64_t n = row_ptr.numel();

@@ -4,9 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
+from .. import ops  # noqa: F401  registers torch.ops.sparsecomp and its fake kernels
 from ..formats.sparse import TiledCSR
 from ._sparse_weight import SparseWeightMixin
+
+# The OpOverload itself (registered by the ops import): one Python call less per forward than ops.sparse_linear.
+_sparse_linear = torch.ops.sparsecomp.sparse_linear.default
 
 
 class SparseLinear(SparseWeightMixin, nn.Module):
@@ -54,13 +57,17 @@ class SparseLinear(SparseWeightMixin, nn.Module):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"SparseLinear: input must end with in_features={self.in_features}, got shape "
-                             f"{tuple(x.shape)}")
-        lead = x.shape[:-1]
-        y = ops.sparse_linear(x.reshape(-1, self.in_features), self.values, self.col_idx, self.row_ptr, self.bias,
-                              self.in_features)
-        return y.reshape(*lead, self.out_features)
+        in_features = self.in_features
+        shape = x.shape
+        if len(shape) == 2 and shape[1] == in_features:  # the common case: no reshapes (the op checks the rest)
+            values, col_idx, row_ptr, bias = self._operands()
+            return _sparse_linear(x, values, col_idx, row_ptr, bias, in_features)
+        if len(shape) == 0 or shape[-1] != in_features:
+            raise ValueError(f"SparseLinear: input must end with in_features={in_features}, got shape "
+                             f"{tuple(shape)}")
+        values, col_idx, row_ptr, bias = self._operands()
+        y = _sparse_linear(x.reshape(-1, in_features), values, col_idx, row_ptr, bias, in_features)
+        return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
