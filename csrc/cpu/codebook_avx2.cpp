@@ -1,0 +1,182 @@
+// AVX2 codebook kernels. Eight indices (`bits` bytes) are decoded at once: the 8 bytes are broadcast to both
+// 128-bit lanes, vpshufb moves the bytes holding index j into dword j, a variable shift and a mask finish it.
+// The codebook lives in registers for bits <= 5 (vpermps on 8-entry tables, blended on the high index bits)
+// and is gathered from L1 above that.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "codebook.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi2")
+#define SPARSECOMP_HAVE_AVX2_TU 1
+#endif
+
+namespace sparsecomp::cpu {
+
+#ifdef SPARSECOMP_HAVE_AVX2_TU
+namespace {
+
+struct Decoder {
+  __m256i ctrl, shifts, mask;
+  int64_t group_bytes;  // bits
+
+  explicit Decoder(int bits) : group_bytes(bits) {
+    alignas(32) uint8_t c[32];
+    alignas(32) uint32_t s[8];
+    for (int j = 0; j < 8; ++j) {
+      const int bit = j * bits, byte = bit >> 3, shift = bit & 7;
+      uint8_t* d = c + 4 * j;  // both 128-bit lanes hold the same 8 source bytes
+      d[0] = static_cast<uint8_t>(byte);
+      d[1] = shift + bits > 8 ? static_cast<uint8_t>(byte + 1) : 0x80;
+      d[2] = d[3] = 0x80;
+      s[j] = static_cast<uint32_t>(shift);
+    }
+    ctrl = _mm256_load_si256(reinterpret_cast<const __m256i*>(c));
+    shifts = _mm256_load_si256(reinterpret_cast<const __m256i*>(s));
+    mask = _mm256_set1_epi32((1 << bits) - 1);
+  }
+
+  // Indices of group g (elements 8g .. 8g+7); reads at most min(8, row_bytes - offset) bytes.
+  inline __m256i indices(const uint8_t* row, int64_t row_bytes, int64_t g) const {
+    const int64_t off = g * group_bytes;
+    uint64_t raw = 0;
+    if (off + 8 <= row_bytes) std::memcpy(&raw, row + off, 8);
+    else std::memcpy(&raw, row + off, static_cast<size_t>(row_bytes - off < 8 ? row_bytes - off : 8));
+    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi64x(static_cast<long long>(raw)), ctrl);
+    return _mm256_and_si256(_mm256_srlv_epi32(v, shifts), mask);
+  }
+};
+
+// Selects by bit `bit` of idx (blendv looks at the sign bit).
+inline __m256 select_bit(__m256 zero_side, __m256 one_side, __m256i idx, int bit) {
+  return _mm256_blendv_ps(zero_side, one_side, _mm256_castsi256_ps(_mm256_sll_epi32(idx, _mm_cvtsi32_si128(31 - bit))));
+}
+
+struct Table {
+  __m256 t[4];
+  const float* cb;
+  int bits;
+  inline void load(const float* table, int b) {
+    cb = table;
+    bits = b;
+    if (b <= 5) {
+      alignas(32) float pad[32] = {};
+      std::memcpy(pad, table, sizeof(float) << b);
+      for (int i = 0; i < 4; ++i) t[i] = _mm256_load_ps(pad + 8 * i);
+    }
+  }
+  inline __m256 lookup(__m256i idx) const {
+    if (bits <= 3) return _mm256_permutevar8x32_ps(t[0], idx);
+    if (bits == 4) return select_bit(_mm256_permutevar8x32_ps(t[0], idx), _mm256_permutevar8x32_ps(t[1], idx), idx, 3);
+    if (bits == 5) {
+      const __m256 lo = select_bit(_mm256_permutevar8x32_ps(t[0], idx), _mm256_permutevar8x32_ps(t[1], idx), idx, 3);
+      const __m256 hi = select_bit(_mm256_permutevar8x32_ps(t[2], idx), _mm256_permutevar8x32_ps(t[3], idx), idx, 3);
+      return select_bit(lo, hi, idx, 4);
+    }
+    return _mm256_i32gather_ps(cb, idx, 4);
+  }
+};
+
+inline __m256i lane_mask(int64_t n) {  // first n (0..8) lanes all-ones
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <int M>
+void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float* bias, float* y, int64_t ldy,
+               int64_t row_begin, int64_t row_end) {
+  constexpr int U = M == 1 ? 4 : (M == 2 ? 2 : 1);
+  const Decoder d(w.bits);
+  const int64_t full = w.cols / 8;
+  const int64_t tail = w.cols - 8 * full;
+  const __m256i tmask = lane_mask(tail);
+  Table t;
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const uint8_t* row = w.packed + o * w.row_bytes;
+    t.load(w.codebook + o * w.cb_stride, w.bits);
+    __m256 acc[U][M];
+    for (int u = 0; u < U; ++u)
+      for (int j = 0; j < M; ++j) acc[u][j] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + U <= full; g += U) {
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) {
+        const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g + u));
+#pragma GCC unroll 8
+        for (int j = 0; j < M; ++j)
+          acc[u][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * (g + u)), acc[u][j]);
+      }
+    }
+    for (; g < full; ++g) {
+      const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g));
+#pragma GCC unroll 8
+      for (int j = 0; j < M; ++j) acc[0][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * g), acc[0][j]);
+    }
+    if (tail) {
+      const __m256 wv = _mm256_and_ps(t.lookup(d.indices(row, w.row_bytes, g)), _mm256_castsi256_ps(tmask));
+#pragma GCC unroll 8
+      for (int j = 0; j < M; ++j)
+        acc[0][j] = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x + j * ldx + 8 * g, tmask), acc[0][j]);
+    }
+    const float b = bias ? bias[o] : 0.0f;
+    for (int j = 0; j < M; ++j) {
+      __m256 s = acc[0][j];
+      for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][j]);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      y[j * ldy + o] = _mm_cvtss_f32(h) + b;
+    }
+  }
+}
+
+}  // namespace
+
+void codebook_gemv_avx2(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias, float* y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  switch (m) {
+    case 1: return gemv_rows<1>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 2: return gemv_rows<2>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 3: return gemv_rows<3>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 4: return gemv_rows<4>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 5: return gemv_rows<5>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 6: return gemv_rows<6>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 7: return gemv_rows<7>(w, x, ldx, bias, y, ldy, r0, r1);
+    default: return gemv_rows<8>(w, x, ldx, bias, y, ldy, r0, r1);
+  }
+}
+
+void codebook_dequant_avx2(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+  const Decoder d(w.bits);
+  const int64_t groups = (w.cols + 7) / 8;
+  Table t;
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const uint8_t* row = w.packed + o * w.row_bytes;
+    float* dst = out + (o - row_begin) * w.cols;
+    t.load(w.codebook + o * w.cb_stride, w.bits);
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t left = w.cols - 8 * g;
+      const __m256 v = t.lookup(d.indices(row, w.row_bytes, g));
+      if (left >= 8) _mm256_storeu_ps(dst + 8 * g, v);
+      else _mm256_maskstore_ps(dst + 8 * g, lane_mask(left), v);
+    }
+  }
+}
+
+#else  // not an x86 GCC/Clang build: the dispatcher never selects these.
+void codebook_gemv_avx2(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias, float* y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  codebook_gemv_portable(w, x, ldx, m, bias, y, ldy, r0, r1);
+}
+void codebook_dequant_avx2(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+  codebook_dequant_portable(w, row_begin, row_end, out);
+}
+#endif
+
+}  // namespace sparsecomp::cpu
+
+#ifdef SPARSECOMP_HAVE_AVX2_TU
+#pragma GCC pop_options
+#endif

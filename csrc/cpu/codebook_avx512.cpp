@@ -1,0 +1,191 @@
+// AVX-512 codebook kernels (F+BW+VL+DQ). Sixteen indices (2 * bits bytes) are decoded at once: the bytes are
+// broadcast to the four 128-bit lanes, vpshufb moves the one or two bytes holding index j into dword j, a
+// variable shift and a mask finish it. The codebook lives in registers for bits <= 5 (vpermps for 16 entries,
+// vpermi2ps for 32) and is gathered from L1 above that.
+#include <immintrin.h>
+
+#include "codebook.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2")
+#define SPARSECOMP_HAVE_AVX512_TU 1
+#endif
+
+namespace sparsecomp::cpu {
+
+#ifdef SPARSECOMP_HAVE_AVX512_TU
+namespace {
+
+enum Lut { kPerm16 = 0, kPerm32 = 1, kGather = 2 };
+
+struct Decoder {
+  __m512i ctrl, shifts, mask;
+  int64_t group_bytes;  // 2 * bits
+  __mmask16 full_load;
+
+  explicit Decoder(int bits) : group_bytes(2 * bits) {
+    alignas(64) uint8_t c[64];
+    alignas(64) uint32_t s[16];
+    for (int j = 0; j < 16; ++j) {
+      const int bit = j * bits, byte = bit >> 3, shift = bit & 7;
+      uint8_t* d = c + 4 * j;  // dword j sits in 128-bit lane j / 4, which holds all 16 source bytes
+      d[0] = static_cast<uint8_t>(byte);
+      d[1] = shift + bits > 8 ? static_cast<uint8_t>(byte + 1) : 0x80;
+      d[2] = d[3] = 0x80;
+      s[j] = static_cast<uint32_t>(shift);
+    }
+    ctrl = _mm512_load_si512(c);
+    shifts = _mm512_load_si512(s);
+    mask = _mm512_set1_epi32((1 << bits) - 1);
+    full_load = static_cast<__mmask16>((1u << group_bytes) - 1u);
+  }
+
+  // Indices of group g (elements 16g .. 16g+15); `load` masks the bytes that may be read.
+  inline __m512i indices(const uint8_t* row, int64_t g, __mmask16 load) const {
+    const __m128i raw = _mm_maskz_loadu_epi8(load, row + g * group_bytes);
+    __m512i v = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(raw), ctrl);
+    return _mm512_and_si512(_mm512_srlv_epi32(v, shifts), mask);
+  }
+};
+
+struct Table {
+  __m512 t0, t1;
+  const float* cb;
+  template <int L>
+  inline void load(const float* table, int bits) {
+    cb = table;
+    if (L == kPerm16) t0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (1 << bits)) - 1u), table);
+    if (L == kPerm32) {
+      t0 = _mm512_loadu_ps(table);
+      t1 = _mm512_loadu_ps(table + 16);
+    }
+  }
+  template <int L>
+  inline __m512 lookup(__m512i idx) const {
+    if (L == kPerm16) return _mm512_permutexvar_ps(idx, t0);
+    if (L == kPerm32) return _mm512_permutex2var_ps(t0, idx, t1);
+    return _mm512_i32gather_ps(idx, cb, 4);
+  }
+};
+
+// Bytes of group g that lie inside the row (all of them except possibly in the last group).
+inline __mmask16 load_mask(const Decoder& d, int64_t row_bytes, int64_t g) {
+  const int64_t left = row_bytes - g * d.group_bytes;
+  return left >= d.group_bytes ? d.full_load : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+template <int M, int L>
+void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float* bias, float* y, int64_t ldy,
+               int64_t row_begin, int64_t row_end) {
+  constexpr int U = M == 1 ? 4 : (M == 2 ? 2 : 1);  // independent FMA chains per sample
+  const Decoder d(w.bits);
+  const int64_t full = w.cols / 16;
+  const int64_t tail = w.cols - 16 * full;
+  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1u);
+  Table t;
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const uint8_t* row = w.packed + o * w.row_bytes;
+    t.load<L>(w.codebook + o * w.cb_stride, w.bits);
+    __m512 acc[U][M];
+    for (int u = 0; u < U; ++u)
+      for (int j = 0; j < M; ++j) acc[u][j] = _mm512_setzero_ps();
+    int64_t g = 0;
+    // Full groups whose 2*bits bytes are all inside the row (all full groups: the row holds 16*full*bits bits).
+    for (; g + U <= full; g += U) {
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) {
+        const __m512 wv = t.lookup<L>(d.indices(row, g + u, d.full_load));
+#pragma GCC unroll 8
+        for (int j = 0; j < M; ++j)
+          acc[u][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + 16 * (g + u)), acc[u][j]);
+      }
+    }
+    for (; g < full; ++g) {
+      const __m512 wv = t.lookup<L>(d.indices(row, g, d.full_load));
+#pragma GCC unroll 8
+      for (int j = 0; j < M; ++j) acc[0][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + 16 * g), acc[0][j]);
+    }
+    if (tail) {  // masked: padding indices and x past the row end contribute exactly nothing
+      const __m512 wv = _mm512_maskz_mov_ps(tail_mask, t.lookup<L>(d.indices(row, g, load_mask(d, w.row_bytes, g))));
+#pragma GCC unroll 8
+      for (int j = 0; j < M; ++j)
+        acc[0][j] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail_mask, x + j * ldx + 16 * g), acc[0][j]);
+    }
+    const float b = bias ? bias[o] : 0.0f;
+    for (int j = 0; j < M; ++j) {
+      __m512 s = acc[0][j];
+      for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[u][j]);
+      y[j * ldy + o] = _mm512_reduce_add_ps(s) + b;
+    }
+  }
+}
+
+template <int L>
+void gemv_lut(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias, float* y,
+              int64_t ldy, int64_t r0, int64_t r1) {
+  switch (m) {
+    case 1: return gemv_rows<1, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 2: return gemv_rows<2, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 3: return gemv_rows<3, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 4: return gemv_rows<4, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 5: return gemv_rows<5, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 6: return gemv_rows<6, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 7: return gemv_rows<7, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    default: return gemv_rows<8, L>(w, x, ldx, bias, y, ldy, r0, r1);
+  }
+}
+
+template <int L>
+void dequant_rows(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+  const Decoder d(w.bits);
+  const int64_t groups = (w.cols + 15) / 16;
+  Table t;
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const uint8_t* row = w.packed + o * w.row_bytes;
+    float* dst = out + (o - row_begin) * w.cols;
+    t.load<L>(w.codebook + o * w.cb_stride, w.bits);
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t left = w.cols - 16 * g;
+      const __mmask16 store = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+      _mm512_mask_storeu_ps(dst + 16 * g, store, t.lookup<L>(d.indices(row, g, load_mask(d, w.row_bytes, g))));
+    }
+  }
+}
+
+inline int lut_for(int bits) { return bits <= 4 ? kPerm16 : (bits == 5 ? kPerm32 : kGather); }
+
+}  // namespace
+
+void codebook_gemv_avx512(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias,
+                          float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
+  switch (lut_for(w.bits)) {
+    case kPerm16: return gemv_lut<kPerm16>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+    case kPerm32: return gemv_lut<kPerm32>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+    default: return gemv_lut<kGather>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+  }
+}
+
+void codebook_dequant_avx512(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+  switch (lut_for(w.bits)) {
+    case kPerm16: return dequant_rows<kPerm16>(w, row_begin, row_end, out);
+    case kPerm32: return dequant_rows<kPerm32>(w, row_begin, row_end, out);
+    default: return dequant_rows<kGather>(w, row_begin, row_end, out);
+  }
+}
+
+#else  // not an x86 GCC/Clang build: the dispatcher never selects these.
+void codebook_gemv_avx512(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias,
+                          float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
+  codebook_gemv_portable(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+}
+void codebook_dequant_avx512(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+  codebook_dequant_portable(w, row_begin, row_end, out);
+}
+#endif
+
+}  // namespace sparsecomp::cpu
+
+#ifdef SPARSECOMP_HAVE_AVX512_TU
+#pragma GCC pop_options
+#endif
