@@ -1,5 +1,6 @@
 """Drop-in ``torch.nn`` modules running on sparsecomp kernels."""
+from .codebook_linear import CodebookLinear
 from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
 
-__all__ = ["SparseConv2d", "SparseLinear"]
+__all__ = ["CodebookLinear", "SparseConv2d", "SparseLinear"]
