@@ -54,8 +54,6 @@ def kmeans(weight: torch.Tensor, bits: int, per_channel: bool = False, init: str
     if zero_code is None:
         zero_code = bool((w == 0).any())
     k = (1 << bits) - (1 if zero_code else 0)
-    if k < 1:
-        raise ValueError("bits=1 with zero_code leaves no code for the nonzeros; use bits >= 2")
     rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
     gen = torch.Generator().manual_seed(seed)
     # Rows are clustered in chunks to bound memory; with `history` in one go, so that it is one inertia sequence.
