@@ -25,6 +25,7 @@ struct CodebookWeight {
   int64_t cb_stride;      // 0 (one table per layer) or 2^bits (one per row)
   int64_t cols;           // in_features
   int bits;               // 1..8
+  int64_t rows;           // rows in the packed buffer: bytes from row o to the buffer end = (rows - o) * row_bytes
 };
 
 // y[j * ldy + o] = sum_k x[j * ldx + k] * W[o][k] + (bias ? bias[o] : 0) for samples j < m <= kCodebookMaxBatch

@@ -4,6 +4,8 @@
 // vpermi2ps for 32) and is gathered from L1 above that.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "codebook.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -39,6 +41,13 @@ struct Decoder {
     shifts = _mm512_load_si512(s);
     mask = _mm512_set1_epi32((1 << bits) - 1);
     full_load = static_cast<__mmask16>((1u << group_bytes) - 1u);
+  }
+
+  // Indices of group g when 16 bytes from its start lie inside the buffer: a broadcast load (load port, not
+  // the shuffle port that vpshufb and vpermps already keep busy).
+  inline __m512i indices_unmasked(const uint8_t* row, int64_t g) const {
+    const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * group_bytes)));
+    return _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(v, ctrl), shifts), mask);
   }
 
   // Indices of group g (elements 16g .. 16g+15); `load` masks the bytes that may be read.
@@ -91,11 +100,13 @@ void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float
     for (int u = 0; u < U; ++u)
       for (int j = 0; j < M; ++j) acc[u][j] = _mm512_setzero_ps();
     int64_t g = 0;
-    // Full groups whose 2*bits bytes are all inside the row (all full groups: the row holds 16*full*bits bits).
-    for (; g + U <= full; g += U) {
+    // Full groups (all inside the row) from which 16 bytes can be read without leaving the buffer.
+    const int64_t left = (w.rows - o) * w.row_bytes - 16;
+    const int64_t safe = left < 0 ? 0 : std::min<int64_t>(full, left / d.group_bytes + 1);
+    for (; g + U <= safe; g += U) {
 #pragma GCC unroll 4
       for (int u = 0; u < U; ++u) {
-        const __m512 wv = t.lookup<L>(d.indices(row, g + u, d.full_load));
+        const __m512 wv = t.lookup<L>(d.indices_unmasked(row, g + u));
 #pragma GCC unroll 8
         for (int j = 0; j < M; ++j)
           acc[u][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + 16 * (g + u)), acc[u][j]);
