@@ -5,6 +5,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "codebook.h"
 
@@ -84,44 +86,107 @@ inline __mmask16 load_mask(const Decoder& d, int64_t row_bytes, int64_t g) {
   return left >= d.group_bytes ? d.full_load : static_cast<__mmask16>((1u << left) - 1u);
 }
 
-template <int M, int L>
+// GEMV index decoders. Each reads at most 16 bytes at p (the start of a group of 16 indices) and returns the
+// 16 indices in the lane order given by lane_source(). Power-of-two widths avoid vpshufb: the bytes are
+// broadcast by the load itself and split with shifts, leaving the shuffle port to vpermps. Their lane order
+// is not the stream order (bits 4 and 8); the kernel permutes x the same way once per call, and a dot product
+// does not care about the order of its terms.
+enum DecodeKind { kShuffle = 0, kDword = 1, kQword = 2, kOct = 3 };
+
+// Index (within its group) that lane `lane` of decode kind `kind` holds.
+inline int lane_source(int kind, int lane) {
+  const int q = lane / 2, hi = lane & 1;
+  if (kind == kQword) return q + 8 * hi;                                 // qword q: indices q and q + 8
+  if (kind == kOct) return (q & 1 ? 8 : 0) + (q >> 1) + 4 * hi;          // qword q: bytes of half q & 1
+  return lane;
+}
+
+template <int D>
+struct FastDecoder {
+  __m512i shifts, mask;
+  const Decoder* generic;
+  explicit FastDecoder(int bits, const Decoder* g) : generic(g) {
+    alignas(64) int64_t s64[8];
+    alignas(64) int32_t s32[16];
+    for (int q = 0; q < 8; ++q) s64[q] = D == kQword ? 4 * q : 8 * (q >> 1);
+    for (int j = 0; j < 16; ++j) s32[j] = j * bits;
+    shifts = D == kDword ? _mm512_load_si512(s32) : _mm512_load_si512(s64);
+    mask = _mm512_set1_epi32((1 << bits) - 1);
+  }
+  inline __m512i operator()(const uint8_t* p) const {
+    if (D == kDword) {
+      int32_t v;
+      std::memcpy(&v, p, 4);
+      return _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(v), shifts), mask);
+    } else if (D == kQword) {
+      long long v;
+      std::memcpy(&v, p, 8);
+      return _mm512_and_si512(_mm512_srlv_epi64(_mm512_set1_epi64(v), shifts), mask);
+    } else if (D == kOct) {
+      const __m512i v = _mm512_broadcast_i64x2(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      return _mm512_and_si512(_mm512_srlv_epi64(v, shifts), mask);
+    } else {
+      return generic->indices_unmasked(p, 0);
+    }
+  }
+};
+
+template <int M, int L, int D>
 void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float* bias, float* y, int64_t ldy,
                int64_t row_begin, int64_t row_end) {
   constexpr int U = M == 1 ? 4 : (M == 2 ? 2 : 1);  // independent FMA chains per sample
   const Decoder d(w.bits);
-  const int64_t full = w.cols / 16;
-  const int64_t tail = w.cols - 16 * full;
-  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1u);
+  const FastDecoder<D> dec(w.bits, &d);
+  const int64_t groups = (w.cols + 15) / 16, full = w.cols / 16, gb = d.group_bytes;
+  // x in decode lane order, zero-padded to whole groups: plain loads, padding lanes multiply 0.
+  std::vector<float> xbuf(static_cast<size_t>(M * groups * 16));
+  int src[16];
+  __mmask16 tail_mask = 0;
+  for (int lane = 0; lane < 16; ++lane) {
+    src[lane] = lane_source(D, lane);
+    if (full * 16 + src[lane] < w.cols) tail_mask = static_cast<__mmask16>(tail_mask | (1u << lane));
+  }
+  for (int j = 0; j < M; ++j)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int lane = 0; lane < 16; ++lane) {
+        const int64_t k = 16 * g + src[lane];
+        xbuf[(j * groups + g) * 16 + lane] = k < w.cols ? x[j * ldx + k] : 0.0f;
+      }
+  const float* xb = xbuf.data();
+  const int64_t xld = groups * 16;
   Table t;
+  alignas(64) uint8_t spill[32];
   for (int64_t o = row_begin; o < row_end; ++o) {
     const uint8_t* row = w.packed + o * w.row_bytes;
     t.load<L>(w.codebook + o * w.cb_stride, w.bits);
     __m512 acc[U][M];
     for (int u = 0; u < U; ++u)
       for (int j = 0; j < M; ++j) acc[u][j] = _mm512_setzero_ps();
-    int64_t g = 0;
-    // Full groups (all inside the row) from which 16 bytes can be read without leaving the buffer.
+    // Full groups from which 16 bytes can be read without leaving the buffer.
     const int64_t left = (w.rows - o) * w.row_bytes - 16;
-    const int64_t safe = left < 0 ? 0 : std::min<int64_t>(full, left / d.group_bytes + 1);
+    const int64_t safe = left < 0 ? 0 : std::min<int64_t>(full, left / gb + 1);
+    int64_t g = 0;
     for (; g + U <= safe; g += U) {
 #pragma GCC unroll 4
       for (int u = 0; u < U; ++u) {
-        const __m512 wv = t.lookup<L>(d.indices_unmasked(row, g + u));
+        const __m512 wv = t.lookup<L>(dec(row + (g + u) * gb));
 #pragma GCC unroll 8
         for (int j = 0; j < M; ++j)
-          acc[u][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + 16 * (g + u)), acc[u][j]);
+          acc[u][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + j * xld + 16 * (g + u)), acc[u][j]);
       }
     }
-    for (; g < full; ++g) {
-      const __m512 wv = t.lookup<L>(d.indices(row, g, d.full_load));
+    for (; g < groups; ++g) {  // the last few groups: decode from a zero-padded copy of the row's end
+      const int64_t avail = std::min<int64_t>(16, w.row_bytes - g * gb);
+      const uint8_t* p = row + g * gb;
+      if (g >= safe) {
+        std::memset(spill, 0, sizeof(spill));
+        std::memcpy(spill, p, static_cast<size_t>(avail));
+        p = spill;
+      }
+      __m512 wv = t.lookup<L>(dec(p));
+      if (g == full) wv = _mm512_maskz_mov_ps(tail_mask, wv);  // padding indices contribute exactly nothing
 #pragma GCC unroll 8
-      for (int j = 0; j < M; ++j) acc[0][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + 16 * g), acc[0][j]);
-    }
-    if (tail) {  // masked: padding indices and x past the row end contribute exactly nothing
-      const __m512 wv = _mm512_maskz_mov_ps(tail_mask, t.lookup<L>(d.indices(row, g, load_mask(d, w.row_bytes, g))));
-#pragma GCC unroll 8
-      for (int j = 0; j < M; ++j)
-        acc[0][j] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail_mask, x + j * ldx + 16 * g), acc[0][j]);
+      for (int j = 0; j < M; ++j) acc[0][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + j * xld + 16 * g), acc[0][j]);
     }
     const float b = bias ? bias[o] : 0.0f;
     for (int j = 0; j < M; ++j) {
@@ -132,18 +197,18 @@ void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float
   }
 }
 
-template <int L>
+template <int L, int D>
 void gemv_lut(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias, float* y,
               int64_t ldy, int64_t r0, int64_t r1) {
   switch (m) {
-    case 1: return gemv_rows<1, L>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 2: return gemv_rows<2, L>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 3: return gemv_rows<3, L>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 4: return gemv_rows<4, L>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 5: return gemv_rows<5, L>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 6: return gemv_rows<6, L>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 7: return gemv_rows<7, L>(w, x, ldx, bias, y, ldy, r0, r1);
-    default: return gemv_rows<8, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 1: return gemv_rows<1, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 2: return gemv_rows<2, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 3: return gemv_rows<3, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 4: return gemv_rows<4, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 5: return gemv_rows<5, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 6: return gemv_rows<6, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 7: return gemv_rows<7, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
+    default: return gemv_rows<8, L, D>(w, x, ldx, bias, y, ldy, r0, r1);
   }
 }
 
@@ -170,10 +235,14 @@ inline int lut_for(int bits) { return bits <= 4 ? kPerm16 : (bits == 5 ? kPerm32
 
 void codebook_gemv_avx512(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias,
                           float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
-  switch (lut_for(w.bits)) {
-    case kPerm16: return gemv_lut<kPerm16>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
-    case kPerm32: return gemv_lut<kPerm32>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
-    default: return gemv_lut<kGather>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+  switch (w.bits) {
+    case 1:
+    case 2: return gemv_lut<kPerm16, kDword>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+    case 3: return gemv_lut<kPerm16, kShuffle>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+    case 4: return gemv_lut<kPerm16, kQword>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+    case 5: return gemv_lut<kPerm32, kShuffle>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+    case 8: return gemv_lut<kGather, kOct>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
+    default: return gemv_lut<kGather, kShuffle>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
   }
 }
 
