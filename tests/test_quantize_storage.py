@@ -47,6 +47,6 @@ def test_fp16_bias_and_corrupt_blob(gen):
 def test_deep_compression_example_smoke(capsys):
     from sparsecomp.examples.deep_compression import main
 
-    out = main(["--epochs", "4", "--rounds", "2"])
+    out = main(["--epochs", "2", "--rounds", "1"])
     assert out["exact"] and out["ratio"] > 20
     assert "Huffman-coded" in capsys.readouterr().out
