@@ -41,11 +41,14 @@ def test_matches_float64_reference(cpu_isa, bits, per_row, gen):
         _check(ops.codebook_mm(x, packed, cb, None, in_f, bits), x, idx, cb, None)
 
 
+@pytest.mark.parametrize("per_row", [False, True], ids=["per_layer", "per_row"])
+@pytest.mark.parametrize("bits", [1, 3, 4, 5, 8])
 @pytest.mark.parametrize("batch", [1, 5, 64])
-def test_exact_mode_relative_error(cpu_isa, batch, gen):
+def test_exact_mode_relative_error(cpu_isa, batch, bits, per_row, gen):
     # The acceptance: equal to dequantize-then-matmul within 1e-5 relative (here in fp32 at K=4099).
-    in_f, out_f, bits = 4099, 33, 4
-    idx, cb, packed = _case(out_f, in_f, bits, False, gen)
+    # Large enough to run threaded, with several K chunks and row blocks, and buffer-end handling in the last row.
+    in_f, out_f = 4099, 33
+    idx, cb, packed = _case(out_f, in_f, bits, per_row, gen)
     x = torch.randn(batch, in_f, generator=gen)
     y = ops.codebook_mm(x, packed, cb, None, in_f, bits)
     ref = x.double() @ dequantize(idx, cb.double()).T
