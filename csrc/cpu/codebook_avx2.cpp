@@ -4,6 +4,7 @@
 // and is gathered from L1 above that.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "codebook.h"
@@ -88,46 +89,62 @@ template <int M>
 void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float* bias, float* y, int64_t ldy,
                int64_t row_begin, int64_t row_end) {
   constexpr int U = M == 1 ? 4 : (M == 2 ? 2 : 1);
+  // K blocked over a block of rows for m > 2 so x stays in L1 (see codebook_avx512.cpp): 96 groups = 768 floats.
+  constexpr int64_t kChunk = M <= 2 ? (int64_t{1} << 40) : 96;
+  constexpr int64_t kRows = 32;
   const Decoder d(w.bits);
-  const int64_t full = w.cols / 8;
+  const int64_t full = w.cols / 8, groups = (w.cols + 7) / 8;
   const int64_t tail = w.cols - 8 * full;
   const __m256i tmask = lane_mask(tail);
   Table t;
-  for (int64_t o = row_begin; o < row_end; ++o) {
-    const uint8_t* row = w.packed + o * w.row_bytes;
-    t.load(w.codebook + o * w.cb_stride, w.bits);
-    __m256 acc[U][M];
-    for (int u = 0; u < U; ++u)
-      for (int j = 0; j < M; ++j) acc[u][j] = _mm256_setzero_ps();
-    int64_t g = 0;
-    for (; g + U <= full; g += U) {
+  float part[kRows][M];
+  for (int64_t rb = row_begin; rb < row_end; rb += kRows) {
+    const int64_t re = std::min(row_end, rb + kRows);
+    for (int64_t r = 0; r < re - rb; ++r)
+      for (int j = 0; j < M; ++j) part[r][j] = 0.0f;
+    for (int64_t c0 = 0; c0 < groups; c0 += kChunk) {
+      const int64_t c1 = std::min(groups, c0 + kChunk), f1 = std::min(c1, full);
+      for (int64_t o = rb; o < re; ++o) {
+        const uint8_t* row = w.packed + o * w.row_bytes;
+        t.load(w.codebook + o * w.cb_stride, w.bits);
+        __m256 acc[U][M];
+        for (int u = 0; u < U; ++u)
+          for (int j = 0; j < M; ++j) acc[u][j] = _mm256_setzero_ps();
+        int64_t g = c0;
+        for (; g + U <= f1; g += U) {
 #pragma GCC unroll 4
-      for (int u = 0; u < U; ++u) {
-        const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g + u));
+          for (int u = 0; u < U; ++u) {
+            const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g + u));
 #pragma GCC unroll 8
-        for (int j = 0; j < M; ++j)
-          acc[u][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * (g + u)), acc[u][j]);
+            for (int j = 0; j < M; ++j)
+              acc[u][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * (g + u)), acc[u][j]);
+          }
+        }
+        for (; g < f1; ++g) {
+          const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g));
+#pragma GCC unroll 8
+          for (int j = 0; j < M; ++j)
+            acc[0][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * g), acc[0][j]);
+        }
+        if (tail && c1 == groups) {  // masked: padding indices and x past the row end contribute nothing
+          const __m256 wv = _mm256_and_ps(t.lookup(d.indices(row, w.row_bytes, full)), _mm256_castsi256_ps(tmask));
+#pragma GCC unroll 8
+          for (int j = 0; j < M; ++j)
+            acc[0][j] = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x + j * ldx + 8 * full, tmask), acc[0][j]);
+        }
+        for (int j = 0; j < M; ++j) {
+          __m256 s = acc[0][j];
+          for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][j]);
+          __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+          h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+          h = _mm_add_ss(h, _mm_movehdup_ps(h));
+          part[o - rb][j] += _mm_cvtss_f32(h);
+        }
       }
     }
-    for (; g < full; ++g) {
-      const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g));
-#pragma GCC unroll 8
-      for (int j = 0; j < M; ++j) acc[0][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * g), acc[0][j]);
-    }
-    if (tail) {
-      const __m256 wv = _mm256_and_ps(t.lookup(d.indices(row, w.row_bytes, g)), _mm256_castsi256_ps(tmask));
-#pragma GCC unroll 8
-      for (int j = 0; j < M; ++j)
-        acc[0][j] = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x + j * ldx + 8 * g, tmask), acc[0][j]);
-    }
-    const float b = bias ? bias[o] : 0.0f;
-    for (int j = 0; j < M; ++j) {
-      __m256 s = acc[0][j];
-      for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][j]);
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      y[j * ldy + o] = _mm_cvtss_f32(h) + b;
+    for (int64_t o = rb; o < re; ++o) {
+      const float b = bias ? bias[o] : 0.0f;
+      for (int j = 0; j < M; ++j) y[j * ldy + o] = part[o - rb][j] + b;
     }
   }
 }
