@@ -21,7 +21,7 @@ namespace sparsecomp::cpu {
 namespace {
 
 struct Decoder {
-  __m256i ctrl, shifts, mask;
+  __m256i ctrl, shifts, mask, dword_shifts;
   int64_t group_bytes;  // bits
 
   explicit Decoder(int bits) : group_bytes(bits) {
@@ -38,11 +38,24 @@ struct Decoder {
     ctrl = _mm256_load_si256(reinterpret_cast<const __m256i*>(c));
     shifts = _mm256_load_si256(reinterpret_cast<const __m256i*>(s));
     mask = _mm256_set1_epi32((1 << bits) - 1);
+    dword_shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
   }
 
-  // Indices of group g (elements 8g .. 8g+7); reads at most min(8, row_bytes - offset) bytes.
+  // Indices of group g (elements 8g .. 8g+7); reads at most min(8, row_bytes - offset) bytes. Up to 4 bits the
+  // group fits one dword: a broadcast load and a shift per lane, no vpshufb (the shuffle port is the bottleneck).
   inline __m256i indices(const uint8_t* row, int64_t row_bytes, int64_t g) const {
     const int64_t off = g * group_bytes;
+    if (group_bytes <= 4) {
+      __m256i v;
+      if (off + 4 <= row_bytes) {  // vbroadcastss from memory: a load-port uop (a GPR broadcast costs two p5)
+        v = _mm256_castps_si256(_mm256_broadcast_ss(reinterpret_cast<const float*>(row + off)));
+      } else {
+        uint32_t raw = 0;
+        std::memcpy(&raw, row + off, static_cast<size_t>(row_bytes - off));
+        v = _mm256_set1_epi32(static_cast<int>(raw));
+      }
+      return _mm256_and_si256(_mm256_srlv_epi32(v, dword_shifts), mask);
+    }
     uint64_t raw = 0;
     if (off + 8 <= row_bytes) std::memcpy(&raw, row + off, 8);
     else std::memcpy(&raw, row + off, static_cast<size_t>(row_bytes - off < 8 ? row_bytes - off : 8));
@@ -69,10 +82,12 @@ struct Table {
       for (int i = 0; i < 4; ++i) t[i] = _mm256_load_ps(pad + 8 * i);
     }
   }
+  // L: the table kind (lut_kind(bits)), a template argument so the inner loops carry no branch on it.
+  template <int L>
   inline __m256 lookup(__m256i idx) const {
-    if (bits <= 3) return _mm256_permutevar8x32_ps(t[0], idx);
-    if (bits == 4) return select_bit(_mm256_permutevar8x32_ps(t[0], idx), _mm256_permutevar8x32_ps(t[1], idx), idx, 3);
-    if (bits == 5) {
+    if (L == 0) return _mm256_permutevar8x32_ps(t[0], idx);
+    if (L == 1) return select_bit(_mm256_permutevar8x32_ps(t[0], idx), _mm256_permutevar8x32_ps(t[1], idx), idx, 3);
+    if (L == 2) {
       const __m256 lo = select_bit(_mm256_permutevar8x32_ps(t[0], idx), _mm256_permutevar8x32_ps(t[1], idx), idx, 3);
       const __m256 hi = select_bit(_mm256_permutevar8x32_ps(t[2], idx), _mm256_permutevar8x32_ps(t[3], idx), idx, 3);
       return select_bit(lo, hi, idx, 4);
@@ -81,11 +96,13 @@ struct Table {
   }
 };
 
+inline int lut_kind(int bits) { return bits <= 3 ? 0 : (bits == 4 ? 1 : (bits == 5 ? 2 : 3)); }
+
 inline __m256i lane_mask(int64_t n) {  // first n (0..8) lanes all-ones
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-template <int M>
+template <int M, int L>
 void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float* bias, float* y, int64_t ldy,
                int64_t row_begin, int64_t row_end) {
   constexpr int U = M == 1 ? 4 : (M == 2 ? 2 : 1);
@@ -114,20 +131,20 @@ void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float
         for (; g + U <= f1; g += U) {
 #pragma GCC unroll 4
           for (int u = 0; u < U; ++u) {
-            const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g + u));
+            const __m256 wv = t.template lookup<L>(d.indices(row, w.row_bytes, g + u));
 #pragma GCC unroll 8
             for (int j = 0; j < M; ++j)
               acc[u][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * (g + u)), acc[u][j]);
           }
         }
         for (; g < f1; ++g) {
-          const __m256 wv = t.lookup(d.indices(row, w.row_bytes, g));
+          const __m256 wv = t.template lookup<L>(d.indices(row, w.row_bytes, g));
 #pragma GCC unroll 8
           for (int j = 0; j < M; ++j)
             acc[0][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * g), acc[0][j]);
         }
         if (tail && c1 == groups) {  // masked: padding indices and x past the row end contribute nothing
-          const __m256 wv = _mm256_and_ps(t.lookup(d.indices(row, w.row_bytes, full)), _mm256_castsi256_ps(tmask));
+          const __m256 wv = _mm256_and_ps(t.template lookup<L>(d.indices(row, w.row_bytes, full)), _mm256_castsi256_ps(tmask));
 #pragma GCC unroll 8
           for (int j = 0; j < M; ++j)
             acc[0][j] = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x + j * ldx + 8 * full, tmask), acc[0][j]);
@@ -151,21 +168,24 @@ void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float
 
 }  // namespace
 
-void codebook_gemv_avx2(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias, float* y,
-                        int64_t ldy, int64_t r0, int64_t r1) {
+namespace {
+template <int L>
+void gemv_lut(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias, float* y,
+              int64_t ldy, int64_t r0, int64_t r1) {
   switch (m) {
-    case 1: return gemv_rows<1>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 2: return gemv_rows<2>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 3: return gemv_rows<3>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 4: return gemv_rows<4>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 5: return gemv_rows<5>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 6: return gemv_rows<6>(w, x, ldx, bias, y, ldy, r0, r1);
-    case 7: return gemv_rows<7>(w, x, ldx, bias, y, ldy, r0, r1);
-    default: return gemv_rows<8>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 1: return gemv_rows<1, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 2: return gemv_rows<2, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 3: return gemv_rows<3, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 4: return gemv_rows<4, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 5: return gemv_rows<5, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 6: return gemv_rows<6, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    case 7: return gemv_rows<7, L>(w, x, ldx, bias, y, ldy, r0, r1);
+    default: return gemv_rows<8, L>(w, x, ldx, bias, y, ldy, r0, r1);
   }
 }
 
-void codebook_dequant_avx2(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+template <int L>
+void dequant_rows(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
   const Decoder d(w.bits);
   const int64_t groups = (w.cols + 7) / 8;
   Table t;
@@ -175,10 +195,30 @@ void codebook_dequant_avx2(const CodebookWeight& w, int64_t row_begin, int64_t r
     t.load(w.codebook + o * w.cb_stride, w.bits);
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t left = w.cols - 8 * g;
-      const __m256 v = t.lookup(d.indices(row, w.row_bytes, g));
+      const __m256 v = t.template lookup<L>(d.indices(row, w.row_bytes, g));
       if (left >= 8) _mm256_storeu_ps(dst + 8 * g, v);
       else _mm256_maskstore_ps(dst + 8 * g, lane_mask(left), v);
     }
+  }
+}
+}  // namespace
+
+void codebook_gemv_avx2(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias, float* y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  switch (lut_kind(w.bits)) {
+    case 0: return gemv_lut<0>(w, x, ldx, m, bias, y, ldy, r0, r1);
+    case 1: return gemv_lut<1>(w, x, ldx, m, bias, y, ldy, r0, r1);
+    case 2: return gemv_lut<2>(w, x, ldx, m, bias, y, ldy, r0, r1);
+    default: return gemv_lut<3>(w, x, ldx, m, bias, y, ldy, r0, r1);
+  }
+}
+
+void codebook_dequant_avx2(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out) {
+  switch (lut_kind(w.bits)) {
+    case 0: return dequant_rows<0>(w, row_begin, row_end, out);
+    case 1: return dequant_rows<1>(w, row_begin, row_end, out);
+    case 2: return dequant_rows<2>(w, row_begin, row_end, out);
+    default: return dequant_rows<3>(w, row_begin, row_end, out);
   }
 }
 
