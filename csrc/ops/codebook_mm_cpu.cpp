@@ -15,9 +15,12 @@ namespace {
 
 using cpu::Isa;
 
-// Batches above this run dequantize + GEMM: by then the GEMM's arithmetic dominates and decoding the
-// weight again for every group of kCodebookMaxBatch samples would cost more than one dequantization.
-constexpr int64_t kGemvMaxBatch = 16;
+// Batches above this run dequantize + GEMM: by then the GEMM's arithmetic dominates and decoding the weight
+// again for every group of kCodebookMaxBatch samples costs more than one dequantization. Measured (1 thread,
+// 4096x4096, AVX-512): the decode-once GEMV wins up to batch 32 at 2 and 4 bits (11.1-11.6 ms vs ~15 ms) and
+// loses from 48; at 8 bits (gathered table) it stops winning after 16.
+inline int64_t gemv_max_batch(int64_t bits) { return bits <= 5 ? 32 : 16; }
+
 // Rows per dequantized tile: about 8 MiB of floats. Smaller tiles stay in cache but make the GEMMs too
 // narrow (measured 1 thread, 4096x4096, batch 64: 2 MiB tiles 0.72x of F.linear).
 constexpr int64_t kTileBytes = int64_t{8} << 20;
@@ -67,7 +70,7 @@ at::Tensor codebook_mm_cpu(const at::Tensor& x, const at::Tensor& packed_indices
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = out.data_ptr<float>();
 
-  if (batch <= kGemvMaxBatch) {
+  if (batch <= gemv_max_batch(bits)) {
     at::parallel_for(0, rows, row_grain(rows, batch * rows * in_features), [&](int64_t r0, int64_t r1) {
       for (int64_t j0 = 0; j0 < batch; j0 += cpu::kCodebookMaxBatch) {
         const int64_t m = std::min(cpu::kCodebookMaxBatch, batch - j0);
