@@ -84,8 +84,8 @@ def test_state_dict_roundtrip_and_validation(gen):
     with pytest.raises(RuntimeError, match="codebook must be floating point of shape"):
         fresh.load_state_dict(bad)
     with pytest.raises(ValueError, match="configuration"):
-        CodebookLinear(30, 7, bits=4, per_channel=True).load_state_dict(dict(sd, codebook=torch.zeros(7, 16),
-                                                                             packed_indices=torch.zeros(7, 4, dtype=torch.int32)))
+        other = dict(sd, codebook=torch.zeros(7, 16), packed_indices=torch.zeros(7, 4, dtype=torch.int32))
+        CodebookLinear(30, 7, bits=4, per_channel=True).load_state_dict(other)
 
 
 def test_zero_code_checkpoint_must_keep_zero_entry():

@@ -144,7 +144,8 @@ void gemv_rows(const CodebookWeight& w, const float* x, int64_t ldx, const float
             acc[0][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + 8 * g), acc[0][j]);
         }
         if (tail && c1 == groups) {  // masked: padding indices and x past the row end contribute nothing
-          const __m256 wv = _mm256_and_ps(t.template lookup<L>(d.indices(row, w.row_bytes, full)), _mm256_castsi256_ps(tmask));
+          const __m256 wv = _mm256_and_ps(t.template lookup<L>(d.indices(row, w.row_bytes, full)),
+                                          _mm256_castsi256_ps(tmask));
 #pragma GCC unroll 8
           for (int j = 0; j < M; ++j)
             acc[0][j] = _mm256_fmadd_ps(wv, _mm256_maskload_ps(x + j * ldx + 8 * full, tmask), acc[0][j]);

@@ -55,9 +55,9 @@ at::Tensor codebook_mm_cuda(const at::Tensor& x, const at::Tensor& packed_indice
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "codebook_mm_cuda", [&] {
     using D = typename CodebookDeviceType<scalar_t>::type;
     if (batch <= kern::kCodebookSmallBatchMax) {
+      D* y = reinterpret_cast<D*>(out.mutable_data_ptr<scalar_t>());
       C10_CUDA_CHECK(kern::launch_codebook_gemv(cptr<scalar_t>(xc), in_features, batch, w, cptr<scalar_t>(cb),
-                                                cptr<scalar_t>(b), reinterpret_cast<D*>(out.mutable_data_ptr<scalar_t>()),
-                                                rows, stream));
+                                                cptr<scalar_t>(b), y, rows, stream));
     } else {
       at::Tensor dense = at::empty({rows, in_features}, x.options());
       C10_CUDA_CHECK(kern::launch_codebook_dequant(w, cptr<scalar_t>(cb),

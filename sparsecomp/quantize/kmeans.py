@@ -153,7 +153,8 @@ def _reseed_empty(srt, counts, cent, lo, hi, n) -> torch.Tensor:
     best = err.reshape(len(r), -1).argmax(1)
     best_err = err.reshape(len(r), -1).gather(1, best.unsqueeze(1)).squeeze(1)
     cluster, end = best // 2, best % 2
-    value = torch.where(end.unsqueeze(1) == 0, first.gather(1, cluster.unsqueeze(1)), lastv.gather(1, cluster.unsqueeze(1)))
+    pick = cluster.unsqueeze(1)
+    value = torch.where(end.unsqueeze(1) == 0, first.gather(1, pick), lastv.gather(1, pick))
     target = empty[r].to(torch.int64).argmax(1)  # first empty cluster
     ok = best_err > 0
     c = c.clone()
