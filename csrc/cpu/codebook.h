@@ -37,6 +37,12 @@ void codebook_gemv_avx2(const CodebookWeight& w, const float* x, int64_t ldx, in
 void codebook_gemv_avx512(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias,
                           float* y, int64_t ldy, int64_t row_begin, int64_t row_end);
 
+// 8-bit indices, one codebook per layer, on AVX-512 VBMI (Ice Lake and later): byte-plane table lookups with
+// vpermi2b instead of gathers. Called by codebook_gemv_avx512 when codebook_has_vbmi().
+bool codebook_has_vbmi();
+void codebook_gemv8_avx512vbmi(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias,
+                               float* y, int64_t ldy, int64_t row_begin, int64_t row_end);
+
 // out[(o - row_begin) * cols + k] = W[o][k] for rows [row_begin, row_end): the dense tile the large-batch path
 // hands to a GEMM.
 void codebook_dequant_portable(const CodebookWeight& w, int64_t row_begin, int64_t row_end, float* out);

@@ -258,6 +258,8 @@ inline int lut_for(int bits) { return bits <= 4 ? kPerm16 : (bits == 5 ? kPerm32
 
 void codebook_gemv_avx512(const CodebookWeight& w, const float* x, int64_t ldx, int64_t m, const float* bias,
                           float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
+  if (w.bits == 8 && w.cb_stride == 0 && codebook_has_vbmi())
+    return codebook_gemv8_avx512vbmi(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
   switch (w.bits) {
     case 1:
     case 2: return gemv_lut<kPerm16, kDword>(w, x, ldx, m, bias, y, ldy, row_begin, row_end);
