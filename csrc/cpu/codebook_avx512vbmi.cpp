@@ -74,8 +74,10 @@ void gemv8(const CodebookWeight& w, const float* x, int64_t ldx, const float* bi
   alignas(64) uint8_t spill[64];
   for (int64_t o = row_begin; o < row_end; ++o) {
     const uint8_t* row = w.packed + o * w.row_bytes;
-    __m512 acc[M];
-    for (int j = 0; j < M; ++j) acc[j] = _mm512_setzero_ps();
+    constexpr int C = M <= 2 ? 4 : 1;  // independent FMA chains per sample (the 4 vectors of a block)
+    __m512 acc[C][M];
+    for (int c = 0; c < C; ++c)
+      for (int j = 0; j < M; ++j) acc[c][j] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < blocks; ++blk) {
       __m512i idx;
       if (blk < full) {
@@ -91,14 +93,17 @@ void gemv8(const CodebookWeight& w, const float* x, int64_t ldx, const float* bi
         for (int r = 0; r < 4; ++r) wv[r] = _mm512_maskz_mov_ps(tail[r], wv[r]);
       const float* xb = xbuf.data() + 64 * blk;
 #pragma GCC unroll 8
-      for (int j = 0; j < M; ++j) {
-        __m512 a = acc[j];
-        for (int r = 0; r < 4; ++r) a = _mm512_fmadd_ps(wv[r], _mm512_loadu_ps(xb + j * xld + 16 * r), a);
-        acc[j] = a;
-      }
+      for (int j = 0; j < M; ++j)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r)
+          acc[r % C][j] = _mm512_fmadd_ps(wv[r], _mm512_loadu_ps(xb + j * xld + 16 * r), acc[r % C][j]);
     }
     const float b = bias ? bias[o] : 0.0f;
-    for (int j = 0; j < M; ++j) y[j * ldy + o] = _mm512_reduce_add_ps(acc[j]) + b;
+    for (int j = 0; j < M; ++j) {
+      __m512 sum = acc[0][j];
+      for (int c = 1; c < C; ++c) sum = _mm512_add_ps(sum, acc[c][j]);
+      y[j * ldy + o] = _mm512_reduce_add_ps(sum) + b;
+    }
   }
 }
 
