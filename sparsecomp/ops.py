@@ -210,3 +210,20 @@ def _codebook_mm_backward(ctx, grad_out):
 
 torch.library.register_autograd("sparsecomp::codebook_mm", _codebook_mm_backward,
                                 setup_context=_codebook_mm_setup_context)
+
+
+def _no_derivative(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"sparsecomp.{op} has no derivative: train binary layers in training mode (latent float weights with "
+            "a straight-through estimator, see sparsecomp.nn.BinaryConv2d), or run the op under torch.no_grad()")
+    return backward
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
+
+# The packed ops are inference kernels; without a registration autograd would only warn and return None grads.
+for _op in ("binary_linear", "binary_conv2d"):
+    torch.library.register_autograd(f"sparsecomp::{_op}", _no_derivative(_op), setup_context=_no_context)

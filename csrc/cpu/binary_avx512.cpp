@@ -184,29 +184,32 @@ void bitpack_rows_avx512(const float* x, int64_t rows, int64_t ld_x, int64_t len
 
 void bitpack_planes_avx512(const float* x, int64_t channels, int64_t plane_stride, int64_t positions,
                            uint64_t* out, int64_t ld_out, uint64_t* scratch) {
-  // 16 positions at a time, all channels of one word held in two registers: one compare + two masked ORs
-  // per 16 inputs, no scratch round trips.
+  // 32 positions at a time, all channels of one word held in four registers: per channel two loads, two
+  // compares and four masked ORs of the channel's bit, no scratch round trips.
   (void)scratch;
   const __m512 zero = _mm512_setzero_ps();
-  const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-  for (int64_t p = 0; p < positions; p += 16) {
-    const int64_t np = std::min<int64_t>(16, positions - p);
-    const __mmask16 pm = tail_mask16(np);
+  const __m512i idx = _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(ld_out));
+  for (int64_t p = 0; p < positions; p += 32) {
+    const int64_t np = std::min<int64_t>(32, positions - p);
+    const __mmask16 pm0 = tail_mask16(np), pm1 = tail_mask16(np > 16 ? np - 16 : 0);
     for (int64_t w = 0; w * 64 < channels; ++w) {
-      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+      __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
       const int64_t c_end = std::min<int64_t>(channels, w * 64 + 64);
-      __m512i bit = _mm512_set1_epi64(1);
       for (int64_t c = w * 64; c < c_end; ++c) {
-        const __mmask16 ge = _mm512_mask_cmp_ps_mask(pm, _mm512_maskz_loadu_ps(pm, x + c * plane_stride + p), zero,
-                                                     _CMP_GE_OQ);
-        s0 = _mm512_mask_or_epi64(s0, static_cast<__mmask8>(ge), s0, bit);
-        s1 = _mm512_mask_or_epi64(s1, static_cast<__mmask8>(ge >> 8), s1, bit);
-        bit = _mm512_slli_epi64(bit, 1);
+        const float* xc = x + c * plane_stride + p;
+        const __m512i bit = _mm512_set1_epi64(static_cast<long long>(uint64_t{1} << (c - w * 64)));
+        const __mmask16 ge0 = _mm512_mask_cmp_ps_mask(pm0, _mm512_maskz_loadu_ps(pm0, xc), zero, _CMP_GE_OQ);
+        const __mmask16 ge1 = _mm512_mask_cmp_ps_mask(pm1, _mm512_maskz_loadu_ps(pm1, xc + 16), zero, _CMP_GE_OQ);
+        s0 = _mm512_mask_or_epi64(s0, static_cast<__mmask8>(ge0), s0, bit);
+        s1 = _mm512_mask_or_epi64(s1, static_cast<__mmask8>(ge0 >> 8), s1, bit);
+        s2 = _mm512_mask_or_epi64(s2, static_cast<__mmask8>(ge1), s2, bit);
+        s3 = _mm512_mask_or_epi64(s3, static_cast<__mmask8>(ge1 >> 8), s3, bit);
       }
       uint64_t* o = out + p * ld_out + w;
-      const __m512i idx = _mm512_mullo_epi64(lanes, _mm512_set1_epi64(ld_out));
-      _mm512_mask_i64scatter_epi64(o, static_cast<__mmask8>(pm), idx, s0, 8);
-      _mm512_mask_i64scatter_epi64(o + 8 * ld_out, static_cast<__mmask8>(pm >> 8), idx, s1, 8);
+      _mm512_mask_i64scatter_epi64(o, static_cast<__mmask8>(pm0), idx, s0, 8);
+      _mm512_mask_i64scatter_epi64(o + 8 * ld_out, static_cast<__mmask8>(pm0 >> 8), idx, s1, 8);
+      _mm512_mask_i64scatter_epi64(o + 16 * ld_out, static_cast<__mmask8>(pm1), idx, s2, 8);
+      _mm512_mask_i64scatter_epi64(o + 24 * ld_out, static_cast<__mmask8>(pm1 >> 8), idx, s3, 8);
     }
   }
 }

@@ -1,7 +1,8 @@
 // CUDA binding of the binary (1-bit) ops: bitpack, bitunpack, binary_linear, binary_conv2d. Argument checks are
 // the ones of the CPU binding (csrc/ops/binary_checks.h) plus the CUDA dtype set; then the activations are packed
 // (XNOR) or read in place (BinaryConnect), the kernel is chosen and launched on the current stream. Nothing here
-// waits for the device. Kernels and layouts: csrc/cuda/kernels/binary.cuh.
+// waits for the device: so unlike the CPU binding, weight_bits tail bits are not checked (that would need a copy
+// back); the kernels mask them off instead, so a stray tail bit is ignored rather than rejected.
 //
 // Kernel choice for the XNOR GEMM: b1 tensor cores (sm_80+) when there are >= 64 output positions, else the SIMT
 // popcount kernel. The environment variable SPARSECOMP_BINARY_CUDA_KERNEL = auto | simt | mma | mma_wide | mma_tall
@@ -166,10 +167,10 @@ struct WeightPopcounts {
 };
 
 WeightPopcounts weight_popcounts(const at::Tensor& weight_bits, int64_t out_channels, int64_t taps,
-                                 int64_t tap_words, cudaStream_t stream) {
+                                 int64_t tap_bits, cudaStream_t stream) {
   const at::TensorOptions opts = weight_bits.options().dtype(at::kInt);
   WeightPopcounts p{at::empty({out_channels, taps}, opts), at::empty({out_channels}, opts)};
-  C10_CUDA_CHECK(bk::launch_weight_popcounts(word_ptr(weight_bits), out_channels, static_cast<int>(taps), tap_words,
+  C10_CUDA_CHECK(bk::launch_weight_popcounts(word_ptr(weight_bits), out_channels, static_cast<int>(taps), tap_bits,
                                              p.tap_pop.mutable_data_ptr<int32_t>(),
                                              p.row_pop.mutable_data_ptr<int32_t>(), stream));
   return p;
@@ -200,7 +201,7 @@ void run_binary(const char* op, const at::Tensor& x, const at::Tensor& weight_bi
   } else {  // linear: x [M, K] is the NCHW image [M, K, 1, 1]
     xbits = pack_activations(x.unsqueeze(-1).unsqueeze(-1), 1, stream);
   }
-  const WeightPopcounts pops = weight_popcounts(weight_bits, s.out_channels, s.taps(), s.group_words, stream);
+  const WeightPopcounts pops = weight_popcounts(weight_bits, s.out_channels, s.taps(), s.group_channels, stream);
   const bk::PackedWeight wt{word_ptr(weight_bits), pops.tap_pop.const_data_ptr<int32_t>(),
                             pops.row_pop.const_data_ptr<int32_t>()};
   SPARSECOMP_BINARY_DISPATCH(x.scalar_type(), "binary_xnor_cuda", [&] {

@@ -12,7 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <map>
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -47,22 +47,29 @@ BorderPatterns border_patterns(const cpu_binding::BinaryKernels& kern, const Con
   std::vector<Interval> rows(g.oh), cols(g.ow);
   for (int64_t o = 0; o < g.oh; ++o) rows[o] = valid_taps(o, g.sh, g.ph, g.dh, g.kh, g.h);
   for (int64_t o = 0; o < g.ow; ++o) cols[o] = valid_taps(o, g.sw, g.pw, g.dw, g.kw, g.w);
-  std::map<std::pair<Interval, Interval>, int32_t> ids;
-  const std::pair<Interval, Interval> interior{{0, g.kh}, {0, g.kw}};
-  ids[interior] = 0;
-  std::vector<std::pair<Interval, Interval>> list{interior};
+  // Distinct valid intervals per axis, the full one first; pattern id = row kind * column kinds + column kind,
+  // so the interior is pattern 0.
+  auto kinds_of = [](const std::vector<Interval>& per_output, Interval full, std::vector<int32_t>& kind) {
+    std::vector<Interval> distinct{full};
+    kind.resize(per_output.size());
+    for (size_t o = 0; o < per_output.size(); ++o) {
+      auto it = std::find(distinct.begin(), distinct.end(), per_output[o]);
+      if (it == distinct.end()) it = distinct.insert(distinct.end(), per_output[o]);
+      kind[o] = static_cast<int32_t>(it - distinct.begin());
+    }
+    return distinct;
+  };
+  std::vector<int32_t> row_kind, col_kind;
+  const std::vector<Interval> row_kinds = kinds_of(rows, {0, g.kh}, row_kind);
+  const std::vector<Interval> col_kinds = kinds_of(cols, {0, g.kw}, col_kind);
+  const int32_t n_col_kinds = static_cast<int32_t>(col_kinds.size());
+  std::vector<std::pair<Interval, Interval>> list;
+  for (const Interval& r : row_kinds)
+    for (const Interval& c : col_kinds) list.emplace_back(r, c);
   BorderPatterns bp;
   bp.col_pattern.resize(g.oh * g.ow);
   for (int64_t y = 0; y < g.oh; ++y)
-    for (int64_t x = 0; x < g.ow; ++x) {
-      const auto key = std::make_pair(rows[y], cols[x]);
-      auto it = ids.find(key);
-      if (it == ids.end()) {
-        it = ids.emplace(key, static_cast<int32_t>(list.size())).first;
-        list.push_back(key);
-      }
-      bp.col_pattern[y * g.ow + x] = it->second;
-    }
+    for (int64_t x = 0; x < g.ow; ++x) bp.col_pattern[y * g.ow + x] = row_kind[y] * n_col_kinds + col_kind[x];
   // Popcount of each weight tap; a 2-D prefix sum over the kernel per channel then gives the popcount inside
   // any pattern's valid rectangle in O(1), and the correction is the rest.
   const int64_t taps = g.taps(), n_pat = static_cast<int64_t>(list.size());
@@ -127,23 +134,40 @@ at::Tensor pack_input(const cpu_binding::BinaryKernels& kern, const at::Tensor& 
   return xp_t;
 }
 
-// Step 2: one panel = 16 output positions of image n, group gi: [taps * cw][16] words.
+// Step 2: one panel = 16 output positions of image n, group gi: [taps * cw][16] words. tap_offset[t] is the
+// position offset of tap t from the tap (0, 0) of an output position whose taps are all inside the frame.
 void fill_panel(const uint64_t* xp, const ConvGeometry& g, int64_t n, int64_t gi, int64_t panel_index,
-                const uint64_t* pad_words, uint64_t* panel) {
-  const int64_t cw = g.cw(), ld = g.groups * cw, positions = g.oh * g.ow;
+                const uint64_t* pad_words, const std::vector<int64_t>& tap_offset, uint64_t* panel) {
+  const int64_t cw = g.cw(), ld = g.groups * cw, positions = g.oh * g.ow, taps = g.taps();
+  const uint64_t* image = xp + n * g.h * g.w * ld + gi * cw;
   for (int64_t c = 0; c < kPanelCols; ++c) {
     const int64_t q = panel_index * kPanelCols + c;
     if (q >= positions) {
-      for (int64_t k = 0; k < g.taps() * cw; ++k) panel[k * kPanelCols + c] = 0;
+      for (int64_t k = 0; k < taps * cw; ++k) panel[k * kPanelCols + c] = 0;
       continue;
     }
     const int64_t oy = q / g.ow, ox = q % g.ow;
+    const int64_t iy0 = oy * g.sh - g.ph, ix0 = ox * g.sw - g.pw;
+    const bool interior = iy0 >= 0 && iy0 + (g.kh - 1) * g.dh < g.h && ix0 >= 0 && ix0 + (g.kw - 1) * g.dw < g.w;
+    if (interior) {  // the common case: no bounds checks, one table lookup per tap
+      const uint64_t* origin = image + (iy0 * g.w + ix0) * ld;
+      if (cw == 1) {
+        for (int64_t t = 0; t < taps; ++t) panel[t * kPanelCols + c] = origin[tap_offset[t] * ld];
+      } else {
+        for (int64_t t = 0; t < taps; ++t) {
+          const uint64_t* src = origin + tap_offset[t] * ld;
+          uint64_t* dst = panel + t * cw * kPanelCols + c;
+          for (int64_t w = 0; w < cw; ++w) dst[w * kPanelCols] = src[w];
+        }
+      }
+      continue;
+    }
     for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t iy = oy * g.sh - g.ph + i * g.dh;
+      const int64_t iy = iy0 + i * g.dh;
       for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t ix = ox * g.sw - g.pw + j * g.dw;
+        const int64_t ix = ix0 + j * g.dw;
         const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
-        const uint64_t* src = inside ? xp + ((n * g.h + iy) * g.w + ix) * ld + gi * cw : pad_words;
+        const uint64_t* src = inside ? image + (iy * g.w + ix) * ld : pad_words;
         uint64_t* dst = panel + (i * g.kw + j) * cw * kPanelCols + c;
         for (int64_t w = 0; w < cw; ++w) dst[w * kPanelCols] = src[w];
       }
@@ -177,11 +201,14 @@ at::Tensor binary_conv2d_packed(const at::Tensor& x, const at::Tensor& weight_bi
   const int64_t all_panels = g.n * g.groups * n_panels;
   at::Tensor panels_t = cpu_binding::word_buffer(all_panels * panel_words);
   uint64_t* panels = cpu_binding::words_of(panels_t);
+  std::vector<int64_t> tap_offset(g.taps());
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t j = 0; j < g.kw; ++j) tap_offset[i * g.kw + j] = i * g.dh * g.w + j * g.dw;
   at::parallel_for(0, all_panels, cpu_binding::binary_grain(all_panels, all_panels * panel_words),
                    [&](int64_t b, int64_t e) {
                      for (int64_t t = b; t < e; ++t) {
                        const int64_t p = t % n_panels, gi = (t / n_panels) % g.groups, n = t / (n_panels * g.groups);
-                       fill_panel(xp, g, n, gi, p, pad_words.data(), panels + t * panel_words);
+                       fill_panel(xp, g, n, gi, p, pad_words.data(), tap_offset, panels + t * panel_words);
                      }
                    });
 

@@ -1,1 +1,1 @@
-"""Runnable examples: ``python -m sparsecomp.examples.<name>``."""
+"""Small end-to-end examples, runnable as ``python -m sparsecomp.examples.<name>``."""

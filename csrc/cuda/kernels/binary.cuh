@@ -29,14 +29,16 @@
 //                            warp are coalesced along W; each thread loops over its 32 channels.
 //   bitunpack_kernel         one thread per output element.
 //   weight_popcount_kernel   popc of every (o, tap) word run and of every weight row (the padding correction and the
-//                            tensor-core identity below need them).
+//                            tensor-core identity below need them). Weight tail bits are masked off wherever the
+//                            XNOR kernels read them, so a stray tail bit cannot count (BinaryConnect: it meets x = 0).
 //   xnor_simt_kernel         64x64 output tile per 256-thread block, 8 words of K per shared-memory stage,
 //                            4x4 outputs per thread, __popcll(a ^ b).
 //   xnor_mma_kernel          mma.sync m16n8k256 b1 AND-popc (sm_80+; the XOR form is gone after sm_89):
 //                            popc(a ^ b) = popc(a) + popc(b) - 2 popc(a & b) with popc(b) per weight row precomputed
 //                            and popc(a) per A row summed by the thread that loads the row. Two tile shapes:
 //                            128x128 (wide) and 256x64 (tall, for <= 64 outputs per group); register-staged double
-//                            buffering of one 256-bit K step.
+//                            buffering of one 256-bit K step; the epilogue stages each warp's accumulators in shared
+//                            memory so that stores run along the output's contiguous dim.
 //   binaryconnect_kernel     real activations times +-1 weights: 64x64 tile, a weight word's 64 channels per stage,
 //                            the weight bit flips the sign bit of x (no multiplies), fp32 sums; padded taps read 0.
 //   b1_mma_peak_kernel       tight loop of independent b1 MMAs on registers (microbenchmark of the peak rate).
@@ -70,6 +72,11 @@ struct ConvShape {
   __host__ __device__ int64_t k_words() const { return static_cast<int64_t>(taps()) * group_words; }
   __host__ __device__ int64_t rows() const { return batch * out_h * out_w; }
   __host__ __device__ int64_t group_out() const { return out_channels / groups; }
+  // Valid bits of the last word of a tap (all ones when Cg is a multiple of 64).
+  __host__ __device__ uint64_t tail_mask() const {
+    const int tail = static_cast<int>(group_channels & 63);
+    return tail != 0 ? (uint64_t{1} << tail) - 1 : ~uint64_t{0};
+  }
 };
 
 // The packed weight and its popcounts (device pointers).
@@ -200,15 +207,20 @@ __global__ void __launch_bounds__(kPackThreads)
 }
 
 __global__ void __launch_bounds__(kPackThreads)
-    weight_popcount_kernel(const uint64_t* __restrict__ bits, int64_t out_channels, int taps, int64_t tap_words,
+    weight_popcount_kernel(const uint64_t* __restrict__ bits, int64_t out_channels, int taps, int64_t tap_bits,
                            int32_t* __restrict__ tap_pop, int32_t* __restrict__ row_pop) {
+  const int64_t tap_words = ceil_div(tap_bits, 64);
+  const uint64_t tail = (tap_bits & 63) != 0 ? (uint64_t{1} << (tap_bits & 63)) - 1 : ~uint64_t{0};
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < out_channels; o += step) {
     const uint64_t* row = bits + o * taps * tap_words;
     int32_t total = 0;
     for (int t = 0; t < taps; ++t) {
       int32_t p = 0;
-      for (int64_t j = 0; j < tap_words; ++j) p += popc64(row[t * tap_words + j]);
+      for (int64_t j = 0; j < tap_words; ++j) {
+        const uint64_t v = row[t * tap_words + j];
+        p += popc64(j == tap_words - 1 ? v & tail : v);  // tail bits ignored, as in load_weight_words
+      }
       tap_pop[o * taps + t] = p;
       total += p;
     }
@@ -259,8 +271,7 @@ __device__ __forceinline__ OutRow out_row(const ConvShape& g, int64_t m) {
 
 // The word that padding 'ones' reads for word j of a tap: all channels +1, tail bits 0.
 __device__ __forceinline__ uint64_t ones_word(const ConvShape& g, int64_t j) {
-  const int tail = static_cast<int>(g.group_channels & 63);
-  return (j == g.group_words - 1 && tail != 0) ? ((uint64_t{1} << tail) - 1) : ~uint64_t{0};
+  return j == g.group_words - 1 ? g.tail_mask() : ~uint64_t{0};
 }
 
 // A-operand row of the implicit im2col: image n's packed pixels of one group.
@@ -308,12 +319,26 @@ __device__ __forceinline__ void load_bit_words(const BitRow& row, const ConvShap
   }
 }
 
-// Words k0 .. k0+NW-1 of a weight row (nullptr = output channel past the group: zeros).
+// Words k0 .. k0+NW-1 of a weight row (nullptr = output channel past the group: zeros), 0 past K. Tail bits are
+// masked off: the contract says they are 0, and masking them keeps a stray bit from counting as a mismatch
+// without a device-to-host check.
 template <int NW>
-__device__ __forceinline__ void load_weight_words(const uint64_t* row, int64_t k_total, int64_t k0,
+__device__ __forceinline__ void load_weight_words(const uint64_t* row, const ConvShape& g, int64_t k0,
                                                   uint64_t (&w)[NW]) {
+  const int64_t wg = g.group_words, k_total = g.k_words();
+  if (row == nullptr || k0 >= k_total) {
 #pragma unroll
-  for (int q = 0; q < NW; ++q) w[q] = (row != nullptr && k0 + q < k_total) ? row[k0 + q] : 0;
+    for (int q = 0; q < NW; ++q) w[q] = 0;
+    return;
+  }
+  const uint64_t tail = g.tail_mask();
+  int64_t j = k0 % wg;  // wg >= 1 here: k_total > 0
+#pragma unroll
+  for (int q = 0; q < NW; ++q) {
+    const uint64_t v = k0 + q < k_total ? row[k0 + q] : 0;
+    w[q] = j == wg - 1 ? v & tail : v;
+    if (++j == wg) j = 0;
+  }
 }
 
 // act(alpha * acc + bias) with one rounding (fma); the caller rounds once more to the output type.
@@ -330,8 +355,8 @@ __device__ __forceinline__ void store_output(const Epilogue<T>& e, const OutRow&
 
 // Popcount of the weight taps of output o that met a zero (padded) word at this position. Only border positions
 // need it; out of line so the fully unrolled GEMM epilogues do not carry a copy of the loop per output.
-__device__ __noinline__ int32_t padded_tap_mismatches(const ConvShape& g, const PackedWeight& wt, const OutRow& row,
-                                                      int64_t o) {
+inline __device__ __noinline__ int32_t padded_tap_mismatches(const ConvShape& g, const PackedWeight& wt,
+                                                             const OutRow& row, int64_t o) {
   const int taps = g.taps();
   int32_t sum = 0;
   for (int r = 0; r < g.kernel_h; ++r) {
@@ -382,7 +407,7 @@ __global__ void __launch_bounds__(kSimtThreads)
   for (int64_t k0 = 0; k0 < k_total; k0 += kSimtBK) {
     uint64_t a[2], b[2];
     load_bit_words<2>(arow, g, k0 + lk, a);
-    load_weight_words<2>(brow, k_total, k0 + lk, b);
+    load_weight_words<2>(brow, g, k0 + lk, b);
     a_tile[lk][lrow] = a[0];
     a_tile[lk + 1][lrow] = a[1];
     b_tile[lk][lrow] = b[0];
@@ -504,7 +529,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       for (int q = 0; q < kBK; ++q) apop[i] += popc64(ra[i][q]);
     }
 #pragma unroll
-    for (int i = 0; i < kBRows; ++i) load_weight_words<kBK>(brows[i], k_total, k0, rb[i]);
+    for (int i = 0; i < kBRows; ++i) load_weight_words<kBK>(brows[i], g, k0, rb[i]);
   };
   auto stash = [&](int buf) {
 #pragma unroll
@@ -611,7 +636,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       if (base < 0 || ol >= group_out) continue;
       const int64_t o = group * group_out + ol;
       // popc(a ^ w) = popc(a) + popc(w) - 2 popc(a & w), summed over the row
-      int64_t mismatches = static_cast<int64_t>(a_pop[r]) + col_pop[c] - 2 * static_cast<int64_t>(scratch[rr * kScratchRow + cc]);
+      int64_t mismatches =
+          static_cast<int64_t>(a_pop[r]) + col_pop[c] - 2 * static_cast<int64_t>(scratch[rr * kScratchRow + cc]);
       const int valid = row_valid[r];
       if (valid < taps) mismatches -= padded_tap_mismatches(g, wt, out_row(g, m0 + r), o);  // 'zeros' borders
       const float dot = static_cast<float>(g.group_channels * valid - 2 * mismatches);
@@ -789,12 +815,12 @@ inline cudaError_t launch_bitunpack(const uint64_t* packed, int64_t rows, int64_
   return cudaGetLastError();
 }
 
-// tap_pop [O, taps] and row_pop [O] of bits [O, taps, tap_words].
-inline cudaError_t launch_weight_popcounts(const uint64_t* bits, int64_t out_channels, int taps, int64_t tap_words,
+// tap_pop [O, taps] and row_pop [O] of bits [O, taps, ceil(tap_bits / 64)] (tap_bits = Cg; tail bits ignored).
+inline cudaError_t launch_weight_popcounts(const uint64_t* bits, int64_t out_channels, int taps, int64_t tap_bits,
                                            int32_t* tap_pop, int32_t* row_pop, cudaStream_t stream) {
   if (out_channels == 0) return cudaSuccess;
   detail::weight_popcount_kernel<<<detail::grid_for(out_channels, detail::kPackThreads), detail::kPackThreads, 0,
-                                   stream>>>(bits, out_channels, taps, tap_words, tap_pop, row_pop);
+                                   stream>>>(bits, out_channels, taps, tap_bits, tap_pop, row_pop);
   return cudaGetLastError();
 }
 

@@ -1,0 +1,909 @@
+"""Safe, compact save/load of compressed models: ``save_compressed`` / ``load_compressed`` and a size report.
+
+Why an own format: ``torch.save`` pickles, and unpickling a file can run arbitrary code. This loader only
+parses JSON and copies little-endian numbers into tensors; nothing in the file is ever executed, and only
+the module types of a fixed registry (SparseLinear, SparseConv2d, BinaryLinear, BinaryConv2d) can be built
+from it.
+
+File layout (all integers little-endian)::
+
+    offset 0   8 bytes   magic b"SPARSECZ"
+           8   uint32    format version (1)
+          12   uint32    crc32 of the H header bytes
+          16   uint64    header length H
+          24   H bytes   header: zlib-deflated UTF-8 JSON (below; deflated because its per-tensor records are
+                         repetitive, and small models are the ones whose file a big header would inflate)
+        24+H   payload   the tensors' parts, back to back in header order; the file ends exactly there
+
+The header holds ``payload_bytes``, ``dense_params`` (weights of the equivalent dense model, for bits per
+weight), ``modules`` (compressed module kinds by name, with their constructor arguments, so a dense skeleton
+can be loaded into) and ``tensors``: for each state_dict entry its ``name``, ``dtype`` (from an allowlist),
+``shape`` and ``enc`` with the ``parts`` that hold it. Each part records offset,
+stored length, crc32, element dtype, element count and codec (``none`` or ``zlib``). Encodings (all lossless,
+bit-exact, chosen per tensor only when smaller than raw):
+
+- ``raw``: the elements (part ``data``);
+- ``delta``: a non-decreasing non-negative int64/int32 vector (e.g. CSR row pointers) as its first differences
+  in the smallest unsigned type that holds them (part ``deltas``);
+- ``colmask``: the ``col_idx`` of a SparseLinear/SparseConv2d as the 1-bit-per-weight nonzero mask of its
+  [rows, cols] weight (``matrix`` in the entry; part ``mask``), smaller than 16-bit indices above 1/16 density.
+  Used only when the indices are in canonical order (row-major, ascending, no duplicates, as ``from_dense``
+  makes them), so that rebuilding them from the mask is exact; ``row_ptr`` is stored on its own (``delta``);
+- ``bitmap``: a floating tensor with many all-zero-bit elements (a pruned but unconverted weight) as a
+  1-bit-per-element mask (part ``mask``, LSB first) plus the other elements (part ``values``). ``-0.0`` and NaN
+  are not all-zero bits, so they are stored as values and round-trip exactly.
+
+Every part may additionally be zlib-deflated when that saves >= 5% (``compress=True``).
+
+Reloading: ``load_compressed(path, into=model)`` where ``model`` has the saved architecture. At the names the
+header lists as SparseLinear / SparseConv2d / BinaryLinear / BinaryConv2d, ``into`` may hold either that
+compressed module (any nonzero count; for binary layers with or without a latent weight / folded BatchNorm
+scale, which follow the file) or the original ``nn.Linear`` / ``nn.Conv2d`` of the same shape, which is then
+replaced by a compressed module built from the header. So the usual round trip is: build the dense model as in
+training, ``load_compressed`` into it. Binary layers are stored as they are (``weight_bits`` int64 words,
+``alpha``, optional ``scale`` and ``bias``, the latent ``weight`` only if it was kept); their packed bits are
+validated (shape, zero tail bits, equal to the latent weight's signs where one is stored) before any copy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .formats.packed_bits import pack_signs, validate_packed
+from .formats.sparse import TILE_COLS, TiledCSR, num_col_tiles
+from .nn import BinaryConv2d, BinaryLinear, SparseConv2d, SparseLinear
+
+__all__ = ["save_compressed", "load_compressed", "compressed_size_report", "read_state_dict", "SizeReport",
+           "CorruptFileError", "ModelMismatchError", "MAGIC", "VERSION"]
+
+MAGIC = b"SPARSECZ"
+VERSION = 1
+_PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, header crc32, header length
+_MAX_HEADER = 64 << 20  # inflated header bytes accepted (about 300k tensors)
+
+
+class CorruptFileError(ValueError):
+    """The file is not a valid sparsecomp file (truncated, tampered, wrong magic/version, bad header)."""
+
+
+class ModelMismatchError(ValueError):
+    """The file is valid but does not fit the ``into`` model (names, shapes, dtypes or module kinds)."""
+
+
+# name -> (torch dtype, little-endian numpy dtype of the stored bits). bfloat16 travels as its uint16 bits.
+_DTYPES = {
+    "float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f8"), "float16": (torch.float16, "<f2"),
+    "bfloat16": (torch.bfloat16, "<u2"), "int8": (torch.int8, "<i1"), "uint8": (torch.uint8, "<u1"),
+    "int16": (torch.int16, "<i2"), "int32": (torch.int32, "<i4"), "int64": (torch.int64, "<i8"),
+    "bool": (torch.bool, "<u1"),
+}
+_STORAGE_ONLY = {"uint16": "<u2", "uint32": "<u4"}  # element types of parts (delta encoding) only
+_DTYPE_NAMES = {dt: name for name, (dt, _) in _DTYPES.items()}
+_INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers, to test bits
+_ENCODINGS = {"raw": ("data",), "delta": ("deltas",), "bitmap": ("mask", "values"), "colmask": ("mask",)}
+
+
+# ====================================================================================== module kinds
+
+def _pair_list(v):
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def _linear_config(m: SparseLinear) -> dict:
+    return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
+
+
+def _conv_config(m: SparseConv2d) -> dict:
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+            "dilation": list(m.dilation), "bias": m.bias is not None, "padding_mode": m.padding_mode}
+
+
+def _dense_linear_config(m: nn.Linear) -> dict:
+    return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
+
+
+def _dense_conv_config(m: nn.Conv2d) -> dict | None:
+    if m.groups != 1:
+        return None
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair_list(m.kernel_size),
+            "stride": _pair_list(m.stride), "padding": m.padding if isinstance(m.padding, str) else
+            _pair_list(m.padding), "dilation": _pair_list(m.dilation), "bias": m.bias is not None,
+            "padding_mode": m.padding_mode}
+
+
+def _check_linear_config(c: dict) -> None:
+    _expect_keys(c, {"in_features", "out_features", "bias"}, "SparseLinear config")
+    for k in ("in_features", "out_features"):
+        _expect_int(c[k], f"SparseLinear {k}")
+    if not isinstance(c["bias"], bool):
+        raise CorruptFileError("SparseLinear bias must be true/false")
+
+
+def _check_conv_config(c: dict) -> None:
+    _expect_keys(c, {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias",
+                     "padding_mode"}, "SparseConv2d config")
+    for k in ("in_channels", "out_channels"):
+        _expect_int(c[k], f"SparseConv2d {k}")
+    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+        if k == "padding" and c[k] in ("same", "valid"):
+            continue
+        if not isinstance(c[k], list) or len(c[k]) != 2:
+            raise CorruptFileError(f"SparseConv2d {k} must be a list of 2 integers")
+        for v in c[k]:
+            _expect_int(v, f"SparseConv2d {k}", low=low)
+    if not isinstance(c["bias"], bool) or c["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
+        raise CorruptFileError("SparseConv2d bias/padding_mode invalid")
+
+
+# Binary layers: the config holds the constructor arguments plus which optional members the state_dict has
+# ("latent": the float latent weight, saved only with keep_latent; "scale": a folded BatchNorm gain). Those two
+# follow the file when loading into an existing binary module (its loader adapts), so they are "flexible".
+_BINARY_FLAGS = ("bias", "binarize_input", "keep_latent", "latent", "scale")
+_BINARY_FLEXIBLE = ("latent", "scale")
+
+
+def _binary_flags(m) -> dict:
+    return {"bias": m.bias is not None, "binarize_input": m.binarize_input, "activation": m.activation,
+            "keep_latent": m.keep_latent, "latent": m.keep_latent and m.weight is not None,
+            "scale": m.scale is not None}
+
+
+def _binary_linear_config(m: BinaryLinear) -> dict:
+    return {"in_features": m.in_features, "out_features": m.out_features, **_binary_flags(m)}
+
+
+def _binary_conv_config(m: BinaryConv2d) -> dict:
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+            "dilation": list(m.dilation), "groups": m.groups, "padding_mode": m.padding_mode, **_binary_flags(m)}
+
+
+def _dense_binary_linear_config(m: nn.Linear) -> dict:
+    """What a dense nn.Linear must share with a BinaryLinear to be replaced by it (its shape)."""
+    return {"in_features": m.in_features, "out_features": m.out_features}
+
+
+def _dense_binary_conv_config(m: nn.Conv2d) -> dict | None:
+    if m.padding_mode != "zeros":
+        return None  # binary convs pad with zeros (or +1): another padding is another function
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair_list(m.kernel_size),
+            "stride": _pair_list(m.stride), "padding": m.padding if isinstance(m.padding, str) else
+            _pair_list(m.padding), "dilation": _pair_list(m.dilation), "groups": m.groups}
+
+
+def _check_binary_flags(c: dict, what: str) -> None:
+    for k in _BINARY_FLAGS:
+        if not isinstance(c[k], bool):
+            raise CorruptFileError(f"{what} {k} must be true/false")
+    if c["activation"] not in ("none", "relu"):
+        raise CorruptFileError(f"{what} activation must be 'none' or 'relu', got {c['activation']!r}")
+    if c["latent"] and not c["keep_latent"]:
+        raise CorruptFileError(f"{what}: a latent weight is stored only with keep_latent")
+
+
+def _check_binary_linear_config(c: dict) -> None:
+    _expect_keys(c, {"in_features", "out_features", "activation", *_BINARY_FLAGS}, "BinaryLinear config")
+    for k in ("in_features", "out_features"):
+        _expect_int(c[k], f"BinaryLinear {k}", low=1)
+    _check_binary_flags(c, "BinaryLinear")
+
+
+def _check_binary_conv_config(c: dict) -> None:
+    what = "BinaryConv2d"
+    _expect_keys(c, {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                     "padding_mode", "activation", *_BINARY_FLAGS}, f"{what} config")
+    for k in ("in_channels", "out_channels", "groups"):
+        _expect_int(c[k], f"{what} {k}", low=1)
+    if c["in_channels"] % c["groups"] or c["out_channels"] % c["groups"]:
+        raise CorruptFileError(f"{what}: channels {c['in_channels']}, {c['out_channels']} not divisible by groups "
+                               f"{c['groups']}")
+    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+        if k == "padding" and c[k] in ("same", "valid"):
+            continue
+        if not isinstance(c[k], list) or len(c[k]) != 2:
+            raise CorruptFileError(f"{what} {k} must be a list of 2 integers")
+        for v in c[k]:
+            _expect_int(v, f"{what} {k}", low=low)
+    if c["padding_mode"] not in ("zeros", "ones"):
+        raise CorruptFileError(f"{what} padding_mode must be 'zeros' or 'ones', got {c['padding_mode']!r}")
+    _check_binary_flags(c, what)
+
+
+def _binary_members(module, c: dict):
+    """A freshly built binary module with the optional members the file's state_dict has (values come later)."""
+    if not c["latent"]:
+        module.weight = None  # packed bits only: frozen signs, as the saved module had
+    if c["scale"]:
+        module.scale = torch.ones_like(module.alpha)
+    return module
+
+
+def _build_binary_linear(c: dict, device, dtype) -> BinaryLinear:
+    return _binary_members(BinaryLinear(c["in_features"], c["out_features"], c["bias"], c["binarize_input"],
+                                        c["activation"], c["keep_latent"], device=device, dtype=dtype), c)
+
+
+def _build_binary_conv(c: dict, device, dtype) -> BinaryConv2d:
+    padding = c["padding"] if isinstance(c["padding"], str) else tuple(c["padding"])
+    return _binary_members(BinaryConv2d(c["in_channels"], c["out_channels"], tuple(c["kernel_size"]),
+                                        tuple(c["stride"]), padding, tuple(c["dilation"]), c["groups"], c["bias"],
+                                        c["binarize_input"], c["padding_mode"], c["activation"], c["keep_latent"],
+                                        device=device, dtype=dtype), c)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    cls: type
+    dense_cls: type
+    config: object  # module -> dict
+    dense_config: object  # dense module -> dict or None (not convertible); its keys must equal the file's
+    check: object  # dict -> None, raises CorruptFileError
+    build: object  # (dict, device, dtype) -> module
+    dense_params: object  # dict -> int
+    flexible: tuple = ()  # config keys an existing module of this kind may differ in (its loader adapts)
+
+
+_KINDS = {
+    "SparseLinear": _Kind(
+        SparseLinear, nn.Linear, _linear_config, _dense_linear_config, _check_linear_config,
+        lambda c, device, dtype: SparseLinear(c["in_features"], c["out_features"], c["bias"], device=device,
+                                              dtype=dtype),
+        lambda c: c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0)),
+    "SparseConv2d": _Kind(
+        SparseConv2d, nn.Conv2d, _conv_config, _dense_conv_config, _check_conv_config,
+        lambda c, device, dtype: SparseConv2d(c["in_channels"], c["out_channels"], tuple(c["kernel_size"]),
+                                              tuple(c["stride"]), c["padding"] if isinstance(c["padding"], str)
+                                              else tuple(c["padding"]), tuple(c["dilation"]), c["bias"],
+                                              c["padding_mode"], device=device, dtype=dtype),
+        lambda c: c["in_channels"] * c["out_channels"] * math.prod(c["kernel_size"])
+        + (c["out_channels"] if c["bias"] else 0)),
+    "BinaryLinear": _Kind(
+        BinaryLinear, nn.Linear, _binary_linear_config, _dense_binary_linear_config, _check_binary_linear_config,
+        _build_binary_linear,
+        lambda c: c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0),
+        _BINARY_FLEXIBLE),
+    "BinaryConv2d": _Kind(
+        BinaryConv2d, nn.Conv2d, _binary_conv_config, _dense_binary_conv_config, _check_binary_conv_config,
+        _build_binary_conv,
+        lambda c: c["out_channels"] * (c["in_channels"] // c["groups"]) * math.prod(c["kernel_size"])
+        + (c["out_channels"] if c["bias"] else 0),
+        _BINARY_FLEXIBLE),
+}
+_SPARSE_KINDS = ("SparseLinear", "SparseConv2d")
+
+
+def _kind_of(module: nn.Module) -> str | None:
+    for name, kind in _KINDS.items():
+        if type(module) is kind.cls:
+            return name
+    return None
+
+
+# ====================================================================================== header checks
+
+def _expect_int(v, what: str, low: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise CorruptFileError(f"{what} must be an integer >= {low}, got {v!r}")
+    return v
+
+
+def _expect_keys(d, keys: set, what: str) -> None:
+    if not isinstance(d, dict) or set(d) != keys:
+        got = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise CorruptFileError(f"{what} must have exactly the fields {sorted(keys)}, got {got}")
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise CorruptFileError(f"header: duplicate JSON key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name):
+    raise CorruptFileError(f"header: invalid JSON constant {name}")
+
+
+# ====================================================================================== encoding
+
+def _to_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    elif t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    arr = t.numpy()
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _part(data: bytes, dtype: str, count: int, compress: bool) -> dict:
+    codec = "none"
+    if compress and len(data) >= 64:
+        packed = zlib.compress(data, 6)
+        if len(packed) <= 0.95 * len(data):
+            data, codec = packed, "zlib"
+    return {"dtype": dtype, "count": count, "codec": codec, "_bytes": data}
+
+
+def _flat_positions(col_idx: torch.Tensor, row_ptr: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Row-major positions (row * cols + col) of a tiled-CSR matrix's stored entries, in storage order."""
+    tiles = num_col_tiles(cols)
+    seg = torch.repeat_interleave(torch.arange(rows * tiles), row_ptr[1:] - row_ptr[:-1])
+    col = (seg % tiles) * TILE_COLS + (col_idx.to(torch.int64) & 0xFFFF)
+    return torch.div(seg, tiles, rounding_mode="floor") * cols + col
+
+
+def _encode_colmask(col_idx: torch.Tensor, row_ptr: torch.Tensor, shape, compress: bool) -> dict | None:
+    rows, cols = shape
+    col_idx, row_ptr = col_idx.detach().cpu(), row_ptr.detach().cpu()
+    try:
+        TiledCSR(torch.empty(col_idx.numel()), col_idx, row_ptr, (rows, cols)).validate()
+    except ValueError:
+        return None  # not a valid structure: stored raw, rejected at load as before
+    flat = _flat_positions(col_idx, row_ptr, rows, cols)
+    # exact only in canonical order: strictly increasing positions = sorted, no duplicates
+    if (rows * cols + 7) // 8 >= 2 * col_idx.numel() or bool((flat[1:] <= flat[:-1]).any()):
+        return None
+    mask = torch.zeros(rows * cols, dtype=torch.bool)
+    mask[flat] = True
+    packed = np.packbits(mask.numpy(), bitorder="little").tobytes()
+    return {"mask": _part(packed, "uint8", len(packed), compress)}
+
+
+def _decode_colmask(mask: np.ndarray, matrix, count: int, name: str) -> torch.Tensor:
+    rows, cols = matrix
+    bits = np.unpackbits(mask, bitorder="little")
+    if bits[rows * cols:].any():
+        raise CorruptFileError(f"tensor {name!r}: mask has bits set past its {rows}x{cols} matrix")
+    flat = np.flatnonzero(bits[:rows * cols])
+    if flat.size != count:
+        raise CorruptFileError(f"tensor {name!r}: mask marks {flat.size} entries, shape says {count}")
+    return torch.from_numpy((flat % cols % TILE_COLS).astype(np.uint16).view(np.int16))
+
+
+def _encode(t: torch.Tensor, compress: bool) -> tuple[str, dict]:
+    """(encoding, {part name: part}) of one tensor: the smallest of raw / delta / bitmap."""
+    name = _DTYPE_NAMES[t.dtype]
+    t = t.detach().cpu().contiguous()
+    n, item = t.numel(), t.element_size()
+    raw_size = n * item
+    if t.dtype in (torch.int64, torch.int32) and t.dim() == 1 and n >= 2:
+        v = t.to(torch.int64)
+        if int(v[0]) >= 0 and bool((v[1:] >= v[:-1]).all()):
+            deltas = torch.diff(v, prepend=v.new_zeros(1))
+            top = int(deltas.max())
+            store = next((s for s, lim, size in (("uint8", 1 << 8, 1), ("uint16", 1 << 16, 2),
+                                                 ("uint32", 1 << 32, 4)) if top < lim and size < item), None)
+            if store is not None:
+                np_dt = _STORAGE_ONLY.get(store, "<u1")
+                data = deltas.numpy().astype(np_dt).tobytes()
+                return "delta", {"deltas": _part(data, store, n, compress)}
+    if t.is_floating_point() and n >= 16:
+        nonzero = t.view(_INT_VIEW[item]).flatten() != 0  # bit test: -0.0 and NaN count as nonzero
+        nnz = int(nonzero.sum())
+        if (n + 7) // 8 + nnz * item < raw_size:
+            mask = np.packbits(nonzero.numpy(), bitorder="little").tobytes()
+            return "bitmap", {"mask": _part(mask, "uint8", len(mask), compress),
+                              "values": _part(_to_bytes(t.flatten()[nonzero]), name, nnz, compress)}
+    return "raw", {"data": _part(_to_bytes(t), name, n, compress)}
+
+
+def _dense_params(model: nn.Module, modules: dict) -> int:
+    """Weights of the equivalent dense model: compressed modules count their full dense shape."""
+    compressed = set(modules)
+    total = 0
+    for name, p in model.named_parameters():
+        owner = name.rpartition(".")[0]
+        if owner not in compressed and p.is_floating_point():
+            total += p.numel()
+    return total + sum(_KINDS[m["kind"]].dense_params(m["config"]) for m in modules.values())
+
+
+def _serialize(model: nn.Module, compress: bool) -> tuple[bytes, list[bytes], dict]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    state = model.state_dict()
+    modules = {}
+    for name, m in model.named_modules():
+        kind = _kind_of(m)
+        if kind is not None:
+            modules[name] = {"kind": kind, "config": _KINDS[kind].config(m)}
+    structures = {}  # col_idx key -> (col_idx, row_ptr, weight shape) of the sparse modules
+    for name, m in model.named_modules():
+        if name in modules and modules[name]["kind"] in _SPARSE_KINDS:
+            p = f"{name}." if name else ""
+            structures[p + "col_idx"] = (m.col_idx, m.row_ptr, m._weight_shape)
+    entries, blobs, offset = [], [], 0
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"state_dict entry {key!r} is a {type(t).__name__}; only tensors can be saved")
+        if t.dtype not in _DTYPE_NAMES:
+            raise TypeError(f"state_dict entry {key!r} has dtype {t.dtype}; supported: {sorted(_DTYPES)}")
+        if t.layout != torch.strided:
+            raise TypeError(f"state_dict entry {key!r} has layout {t.layout}; only dense tensors can be saved")
+        extra, parts = {}, None
+        if key in structures:
+            parts = _encode_colmask(*structures[key], compress)
+            enc, extra = "colmask", {"matrix": list(structures[key][2])}
+        if parts is None:
+            enc, parts = _encode(t, compress)
+            extra = {}
+        for part in parts.values():
+            data = part.pop("_bytes")
+            part.update(offset=offset, length=len(data), crc32=zlib.crc32(data))
+            blobs.append(data)
+            offset += len(data)
+        entries.append({"name": key, "dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "enc": enc,
+                        "parts": parts, **extra})
+    header = {"format": "sparsecomp", "payload_bytes": offset, "dense_params": _dense_params(model, modules),
+              "modules": modules, "tensors": entries}
+    header_bytes = zlib.compress(json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8"), 9)
+    preamble = _PREAMBLE.pack(MAGIC, VERSION, zlib.crc32(header_bytes), len(header_bytes))
+    return preamble + header_bytes, blobs, header
+
+
+def save_compressed(model: nn.Module, path, compress: bool = True) -> "SizeReport":
+    """Writes ``model.state_dict()`` (plus the compressed-module table) to ``path`` in the sparsecomp format
+    and returns its :class:`SizeReport`. The file is written to a temporary name and renamed, so an
+    interrupted save never leaves a half-written file at ``path``."""
+    head, blobs, header = _serialize(model, compress)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".sparsecomp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            for b in blobs:
+                f.write(b)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return SizeReport.from_header(header, len(head))
+
+
+# ====================================================================================== reading
+
+def _load(path) -> tuple[bytes, dict, int]:
+    """File bytes, validated header and payload start; errors name the file."""
+    with open(os.fspath(path), "rb") as f:
+        data = f.read()
+    try:
+        header, start = _parse(data)
+    except CorruptFileError as err:
+        raise CorruptFileError(f"{os.fspath(path)}: {err}") from None
+    return data, header, start
+
+
+def _parse(data: bytes) -> tuple[dict, int]:
+    """Validated header and the payload's start offset; checks everything but the parts' contents."""
+    if len(data) < _PREAMBLE.size:
+        raise CorruptFileError(f"file is truncated: {len(data)} bytes, shorter than the {_PREAMBLE.size}-byte "
+                               f"preamble")
+    magic, version, header_crc, header_len = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptFileError(f"not a sparsecomp file: magic {magic!r} != {MAGIC!r}")
+    if version != VERSION:
+        raise CorruptFileError(f"unsupported format version {version} (this sparsecomp reads version {VERSION})")
+    start = _PREAMBLE.size + header_len
+    if start > len(data):
+        raise CorruptFileError(f"file is truncated: the header needs {header_len} bytes, {len(data) - 24} remain")
+    header_bytes = data[_PREAMBLE.size:start]
+    if zlib.crc32(header_bytes) != header_crc:
+        raise CorruptFileError("header checksum mismatch: the header was modified or damaged")
+    d = zlib.decompressobj()
+    try:
+        text = d.decompress(header_bytes, _MAX_HEADER)
+    except zlib.error as err:
+        raise CorruptFileError(f"header cannot be inflated: {err}") from None
+    if not d.eof or d.unused_data:
+        raise CorruptFileError(f"header is not one complete zlib stream of at most {_MAX_HEADER} bytes")
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                            parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CorruptFileError(f"header is not valid JSON: {err}") from None
+    _expect_keys(header, {"format", "payload_bytes", "dense_params", "modules", "tensors"}, "header")
+    if header["format"] != "sparsecomp":
+        raise CorruptFileError(f"header format {header['format']!r} != 'sparsecomp'")
+    payload = _expect_int(header["payload_bytes"], "payload_bytes")
+    _expect_int(header["dense_params"], "dense_params")
+    if len(data) != start + payload:
+        what = "truncated" if len(data) < start + payload else "longer than its header says"
+        raise CorruptFileError(f"file is {what}: {len(data)} bytes, expected {start + payload}")
+    _check_modules(header["modules"])
+    _check_tensors(header["tensors"], payload)
+    return header, start
+
+
+def _check_modules(modules) -> None:
+    if not isinstance(modules, dict):
+        raise CorruptFileError("header modules must be an object")
+    for name, m in modules.items():
+        _expect_keys(m, {"kind", "config"}, f"module {name!r}")
+        if m["kind"] not in _KINDS:
+            raise CorruptFileError(f"module {name!r}: unknown kind {m['kind']!r} (known: {sorted(_KINDS)})")
+        _KINDS[m["kind"]].check(m["config"])
+
+
+def _check_tensors(tensors, payload: int) -> None:
+    if not isinstance(tensors, list):
+        raise CorruptFileError("header tensors must be a list")
+    names, offset = set(), 0
+    for e in tensors:
+        _expect_keys(e, {"name", "dtype", "shape", "enc", "parts"} | ({"matrix"} if isinstance(e, dict) and
+                                                                       e.get("enc") == "colmask" else set()),
+                     "tensor entry")
+        name = e["name"]
+        if not isinstance(name, str) or name in names:
+            raise CorruptFileError(f"tensor name {name!r} is not a string or appears twice")
+        names.add(name)
+        if e["dtype"] not in _DTYPES:
+            raise CorruptFileError(f"tensor {name!r}: dtype {e['dtype']!r} is not allowed (allowed: "
+                                   f"{sorted(_DTYPES)})")
+        if not isinstance(e["shape"], list) or len(e["shape"]) > 16:
+            raise CorruptFileError(f"tensor {name!r}: shape must be a list of at most 16 dims")
+        for d in e["shape"]:
+            _expect_int(d, f"tensor {name!r} shape entry")
+        if e["enc"] not in _ENCODINGS:
+            raise CorruptFileError(f"tensor {name!r}: unknown encoding {e['enc']!r}")
+        parts = e["parts"]
+        _expect_keys(parts, set(_ENCODINGS[e["enc"]]), f"tensor {name!r} parts")
+        numel = math.prod(e["shape"])
+        item = np.dtype(_DTYPES[e["dtype"]][1]).itemsize
+        for pname in _ENCODINGS[e["enc"]]:  # fixed order = the order they were written
+            p = parts[pname]
+            what = f"tensor {name!r} part {pname!r}"
+            _expect_keys(p, {"dtype", "count", "codec", "offset", "length", "crc32"}, what)
+            for k in ("count", "offset", "length", "crc32"):
+                _expect_int(p[k], f"{what} {k}")
+            if p["codec"] not in ("none", "zlib"):
+                raise CorruptFileError(f"{what}: unknown codec {p['codec']!r}")
+            if p["offset"] != offset:
+                raise CorruptFileError(f"{what}: offset {p['offset']} != {offset} (parts must be contiguous)")
+            offset += p["length"]
+            if offset > payload:
+                raise CorruptFileError(f"{what}: ends at {offset}, past the payload's {payload} bytes")
+            allowed = {"raw": {"data": e["dtype"]}, "bitmap": {"mask": "uint8", "values": e["dtype"]},
+                       "colmask": {"mask": "uint8"},
+                       "delta": {"deltas": ("uint8", "uint16", "uint32")}}[e["enc"]][pname]
+            if p["dtype"] not in (allowed if isinstance(allowed, tuple) else (allowed,)):
+                raise CorruptFileError(f"{what}: element dtype {p['dtype']!r} not allowed here")
+            if e["enc"] == "raw" and p["count"] != numel:
+                raise CorruptFileError(f"{what}: {p['count']} elements but shape {e['shape']} needs {numel}")
+            if e["enc"] == "delta":
+                if e["dtype"] not in ("int64", "int32") or len(e["shape"]) != 1 or p["count"] != numel:
+                    raise CorruptFileError(f"{what}: delta encoding needs a 1-D int tensor of {numel} elements")
+            if e["enc"] == "colmask":
+                m = e["matrix"]
+                if not isinstance(m, list) or len(m) != 2 or e["dtype"] != "int16" or len(e["shape"]) != 1:
+                    raise CorruptFileError(f"{what}: colmask needs a 1-D int16 tensor and a [rows, cols] matrix")
+                rows, cols = (_expect_int(v, f"{what} matrix") for v in m)
+                if p["count"] != (rows * cols + 7) // 8 or numel > rows * cols:
+                    raise CorruptFileError(f"{what}: {p['count']} mask bytes for a {rows}x{cols} matrix of "
+                                           f"{numel} entries")
+            if e["enc"] == "bitmap":
+                if not e["dtype"].startswith(("float", "bfloat")):
+                    raise CorruptFileError(f"{what}: bitmap encoding needs a floating dtype")
+                if pname == "mask" and p["count"] != (numel + 7) // 8:
+                    raise CorruptFileError(f"{what}: {p['count']} mask bytes, shape {e['shape']} needs "
+                                           f"{(numel + 7) // 8}")
+                if pname == "values" and p["count"] > numel:
+                    raise CorruptFileError(f"{what}: more values than elements")
+            if p["codec"] == "none":
+                size = p["count"] * (item if p["dtype"] == e["dtype"] else np.dtype(
+                    _STORAGE_ONLY.get(p["dtype"], "<u1")).itemsize)
+                if p["length"] != size:
+                    raise CorruptFileError(f"{what}: {p['length']} bytes stored, {size} expected for "
+                                           f"{p['count']} x {p['dtype']}")
+    if offset != payload:
+        raise CorruptFileError(f"the parts cover {offset} bytes but the payload has {payload}")
+
+
+def _read_part(data: bytes, start: int, p: dict, what: str) -> np.ndarray:
+    blob = data[start + p["offset"]:start + p["offset"] + p["length"]]
+    if zlib.crc32(blob) != p["crc32"]:
+        raise CorruptFileError(f"{what}: checksum mismatch, the data was modified or damaged")
+    np_dt = np.dtype(_DTYPES[p["dtype"]][1] if p["dtype"] in _DTYPES else _STORAGE_ONLY.get(p["dtype"], "<u1"))
+    size = p["count"] * np_dt.itemsize
+    if p["codec"] == "zlib":
+        d = zlib.decompressobj()
+        try:
+            raw = d.decompress(blob, size)  # max_length: a bomb cannot inflate past the declared size
+        except zlib.error as err:
+            raise CorruptFileError(f"{what}: cannot inflate: {err}") from None
+        if len(raw) != size or d.unconsumed_tail or d.unused_data or not d.eof:
+            raise CorruptFileError(f"{what}: inflated size does not match {p['count']} x {p['dtype']}")
+        blob = raw
+    return np.frombuffer(blob, dtype=np_dt).astype(np_dt.newbyteorder("="))  # copy: aligned, writable, native
+
+
+def _tensor(arr: np.ndarray, dtype_name: str, what: str) -> torch.Tensor:
+    if dtype_name == "bfloat16":
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    if dtype_name == "bool":
+        if arr.size and arr.max() > 1:
+            raise CorruptFileError(f"{what}: bool values must be 0 or 1")
+        return torch.from_numpy(arr).to(torch.bool)
+    return torch.from_numpy(arr)
+
+
+def _decode(data: bytes, start: int, e: dict) -> torch.Tensor:
+    name, parts = e["name"], e["parts"]
+    arrays = {p: _read_part(data, start, parts[p], f"tensor {name!r} part {p!r}") for p in _ENCODINGS[e["enc"]]}
+    shape = tuple(e["shape"])
+    if e["enc"] == "raw":
+        t = _tensor(arrays["data"], e["dtype"], f"tensor {name!r}")
+    elif e["enc"] == "colmask":
+        t = _decode_colmask(arrays["mask"], e["matrix"], math.prod(shape), name)
+    elif e["enc"] == "delta":
+        t = torch.from_numpy(np.cumsum(arrays["deltas"].astype(np.int64))).to(_DTYPES[e["dtype"]][0])
+    else:
+        numel = math.prod(shape)
+        bits = np.unpackbits(arrays["mask"], bitorder="little")
+        if bits[numel:].any():
+            raise CorruptFileError(f"tensor {name!r}: mask has bits set past its {numel} elements")
+        nz = torch.from_numpy(bits[:numel].astype(bool))
+        values = _tensor(arrays["values"], e["dtype"], f"tensor {name!r}")
+        if int(nz.sum()) != values.numel():
+            raise CorruptFileError(f"tensor {name!r}: mask marks {int(nz.sum())} elements but {values.numel()} "
+                                   f"values are stored")
+        t = torch.zeros(numel, dtype=values.dtype)
+        t[nz] = values
+    return t.reshape(shape)
+
+
+def _decode_all(path, data: bytes, start: int, header: dict) -> OrderedDict:
+    try:
+        return OrderedDict((e["name"], _decode(data, start, e)) for e in header["tensors"])
+    except CorruptFileError as err:
+        raise CorruptFileError(f"{os.fspath(path)}: {err}") from None
+
+
+def read_state_dict(path) -> OrderedDict:
+    """The validated state_dict stored in ``path`` (CPU tensors), without a model. (Sparse index arrays are
+    checked only when loaded into a model, which knows their matrix shapes.)"""
+    data, header, start = _load(path)
+    return _decode_all(path, data, start, header)
+
+
+# ====================================================================================== loading into a model
+
+def _build(kind: _Kind, name: str, config: dict, device, dtype) -> nn.Module:
+    try:
+        return kind.build(config, device, dtype)
+    except (TypeError, ValueError) as err:  # a config the checks let through but the constructor refuses
+        raise CorruptFileError(f"module {name!r}: cannot build {kind.cls.__name__} from {config}: {err}") from None
+
+
+def _plan_swaps(into: nn.Module, modules: dict) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """(swaps, prototypes): fresh compressed modules for the names where ``into`` still holds the dense layer,
+    and the modules whose state_dict the file must match (the swaps, plus a fresh build from the file for
+    existing modules of a kind with flexible optional members; the others are ``into``'s own)."""
+    swaps, prototypes = {}, {}
+    for name, m in modules.items():
+        kind = _KINDS[m["kind"]]
+        try:
+            current = into.get_submodule(name)
+        except AttributeError:
+            raise ModelMismatchError(f"into has no module {name!r}; the file has a {m['kind']} there") from None
+        if type(current) is kind.cls:
+            mine = {k: v for k, v in kind.config(current).items() if k not in kind.flexible}
+            theirs = {k: v for k, v in m["config"].items() if k not in kind.flexible}
+            if mine != theirs:
+                raise ModelMismatchError(f"module {name!r}: into's {m['kind']} {kind.config(current)} differs from "
+                                         f"the file's {m['config']}")
+            if kind.flexible:
+                prototypes[name] = _build(kind, name, m["config"], current.alpha.device, current.alpha.dtype)
+        elif isinstance(current, kind.dense_cls):
+            dense = kind.dense_config(current)
+            if dense is None or any(m["config"].get(k, object()) != v for k, v in dense.items()):
+                raise ModelMismatchError(f"module {name!r}: into's {type(current).__name__} does not match the "
+                                         f"file's {m['kind']} {m['config']}")
+            if name == "":
+                raise ModelMismatchError(f"into itself must be a {m['kind']} (a root module cannot be replaced)")
+            w = current.weight
+            swaps[name] = prototypes[name] = _build(kind, name, m["config"], w.device, w.dtype)
+        else:
+            raise ModelMismatchError(f"module {name!r}: into has a {type(current).__name__}, the file has a "
+                                     f"{m['kind']} (or its dense {kind.dense_cls.__name__}) there")
+    return swaps, prototypes
+
+
+def _expected_state(into: nn.Module, prototypes: dict) -> dict[str, torch.Tensor]:
+    expected = {k: v for k, v in into.state_dict().items()
+                if not any(k.startswith(p + ".") for p in prototypes)}
+    for prefix, module in prototypes.items():
+        expected.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+    return expected
+
+
+def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dict, dict]:
+    """Names, dtypes and shapes of the file (from its header, before any payload is decoded, so a mismatched
+    file allocates nothing) against ``into`` with the planned swaps; returns the sparse and the binary modules
+    (or their prototypes) by name."""
+    expected = _expected_state(into, prototypes)
+    entries = {e["name"]: e for e in header["tensors"]}
+    missing, unexpected = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
+    if missing or unexpected:
+        parts = [f"{what} {names[:8]}{'...' if len(names) > 8 else ''}"
+                 for what, names in (("missing from the file:", missing), ("not in into:", unexpected)) if names]
+        raise ModelMismatchError(f"state_dict names differ; {'; '.join(parts)}")
+    sparse, binary = {}, {}
+    for name, m in into.named_modules():
+        m = prototypes.get(name, m)
+        if isinstance(m, (SparseLinear, SparseConv2d)):
+            sparse[name] = m
+        elif isinstance(m, (BinaryLinear, BinaryConv2d)):
+            binary[name] = m
+    # values/col_idx of sparse modules have the file's nonzero count (the module resizes), at most rows * cols
+    resizable = {(f"{n}." if n else "") + k: math.prod(m._weight_shape) for n, m in sparse.items()
+                 for k in ("values", "col_idx")}
+    for key, want in expected.items():
+        e = entries[key]
+        if not isinstance(want, torch.Tensor):
+            raise ModelMismatchError(f"{key!r}: into holds a non-tensor state entry")
+        dtype = _DTYPES[e["dtype"]][0]
+        if dtype != want.dtype:
+            raise ModelMismatchError(f"{key!r}: file dtype {dtype} != into's {want.dtype}")
+        shape = tuple(e["shape"])
+        if key in resizable:
+            if len(shape) != 1 or shape[0] > resizable[key]:
+                raise ModelMismatchError(f"{key!r}: file shape {shape} is not a vector of at most "
+                                         f"{resizable[key]} nonzeros")
+        elif shape != tuple(want.shape):
+            raise ModelMismatchError(f"{key!r}: file shape {shape} != into's {tuple(want.shape)}")
+    return sparse, binary
+
+
+def _validate_sparse(sparse: dict, state: dict) -> None:
+    for name, m in sparse.items():  # the kernels address memory through these: validate before any copy
+        p = f"{name}." if name else ""
+        try:
+            TiledCSR(state[p + "values"], state[p + "col_idx"], state[p + "row_ptr"], m._weight_shape).validate()
+        except ValueError as err:
+            raise CorruptFileError(f"module {name!r}: invalid sparse weight: {err}") from None
+
+
+def _validate_binary(binary: dict, state: dict) -> None:
+    """Packed bits the popcount kernels can trust (tail bits zero: a set one would add a phantom +1 weight to
+    every output) and, where a latent weight is stored, bits that are its signs."""
+    for name, m in binary.items():
+        p = f"{name}." if name else ""
+        bits = state[p + "weight_bits"]
+        try:
+            validate_packed(bits, m._weight_shape)
+        except (TypeError, ValueError) as err:
+            raise CorruptFileError(f"module {name!r}: invalid packed bits: {err}") from None
+        latent = state.get(p + "weight")
+        if latent is not None and not torch.equal(pack_signs(latent), bits):
+            raise CorruptFileError(f"module {name!r}: weight_bits are not the signs of the stored latent weight")
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def load_compressed(path, into: nn.Module) -> nn.Module:
+    """Loads a file written by :func:`save_compressed` into ``into`` and returns ``into``.
+
+    Everything is validated before ``into`` is touched: magic, version, header checksum and schema, dtype
+    allowlist, shapes against part sizes, total file length, every part's checksum, sparse index structure,
+    packed sign bits, and names/shapes/dtypes against ``into``. Dense ``nn.Linear``/``nn.Conv2d`` layers at
+    names the file stores compressed are replaced by the compressed module (see the module docstring). On any error
+    ``into`` is left exactly as it was and a :class:`CorruptFileError` (bad file) or
+    :class:`ModelMismatchError` (valid file, other model), both ``ValueError``, is raised.
+    """
+    if not isinstance(into, nn.Module):
+        raise TypeError(f"into must be an nn.Module (the model skeleton to load into), got {type(into).__name__}")
+    data, header, start = _load(path)
+    swaps, prototypes = _plan_swaps(into, header["modules"])
+    sparse, binary = _check_against(into, prototypes, header)
+    state = _decode_all(path, data, start, header)
+    _validate_sparse(sparse, state)
+    _validate_binary(binary, state)
+    # Transaction: the checks above make failure here unexpected (a custom module's own loader check); if it
+    # happens anyway, put the replaced modules and the old values back.
+    originals = {name: into.get_submodule(name) for name in swaps}
+    snapshot = {k: v.detach().clone() for k, v in into.state_dict().items()}
+    try:
+        for name, module in swaps.items():
+            _set_submodule(into, name, module)
+        into.load_state_dict(state, strict=True)
+    except Exception as err:
+        for name, module in originals.items():
+            _set_submodule(into, name, module)
+        into.load_state_dict(snapshot, strict=True)
+        raise ModelMismatchError(f"loading into the model failed: {err}") from err
+    return into
+
+
+# ====================================================================================== size report
+
+def _classify(name: str, part: str, enc: str, modules: dict) -> str:
+    owner, _, leaf = name.rpartition(".")
+    if owner in modules:
+        if leaf == "values":
+            return "values"
+        if leaf in ("col_idx", "row_ptr"):
+            return "indices"
+    lowered = leaf.lower()
+    if "codebook" in lowered:
+        return "codebooks"
+    if "packed" in lowered or "bits" in lowered:
+        return "packed_bits"
+    if lowered.endswith("indices") or lowered.endswith("idx"):
+        return "indices"
+    if enc == "bitmap":
+        return "indices" if part == "mask" else "values"
+    return "dense"
+
+
+@dataclass
+class SizeReport:
+    """Bytes of a compressed file by kind (values, indices, packed_bits, codebooks, dense, headers) and per
+    tensor; ``bits_per_weight`` = file bits / weights of the equivalent dense model, ``ratio`` = its fp32
+    size / file size."""
+    total_bytes: int
+    bytes_by_kind: dict[str, int]
+    dense_params: int
+    tensors: list[tuple[str, str, str, int]] = field(default_factory=list)  # (name, kind, encoding, bytes)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.total_bytes / self.dense_params if self.dense_params else float("nan")
+
+    @property
+    def dense_fp32_bytes(self) -> int:
+        return 4 * self.dense_params
+
+    @property
+    def ratio(self) -> float:
+        return self.dense_fp32_bytes / self.total_bytes if self.total_bytes else float("nan")
+
+    @classmethod
+    def from_header(cls, header: dict, head_bytes: int) -> "SizeReport":
+        kinds = {k: 0 for k in ("values", "indices", "packed_bits", "codebooks", "dense")}
+        kinds["headers"] = head_bytes
+        rows = []
+        for e in header["tensors"]:
+            total = 0
+            for pname, p in e["parts"].items():
+                kind = _classify(e["name"], pname, e["enc"], header["modules"])
+                kinds[kind] += p["length"]
+                total += p["length"]
+            rows.append((e["name"], _classify(e["name"], "values", e["enc"], header["modules"]), e["enc"], total))
+        return cls(head_bytes + header["payload_bytes"], kinds, header["dense_params"], rows)
+
+    def __str__(self) -> str:
+        lines = [f"{'kind':<12} {'bytes':>12} {'share':>7}"]
+        for kind, b in self.bytes_by_kind.items():
+            lines.append(f"{kind:<12} {b:>12,d} {100.0 * b / max(self.total_bytes, 1):6.1f}%")
+        lines.append(f"{'total':<12} {self.total_bytes:>12,d}   {self.bits_per_weight:.3f} bits/weight, "
+                     f"{self.ratio:.1f}x smaller than dense fp32 ({self.dense_params:,d} weights)")
+        return "\n".join(lines)
+
+
+def compressed_size_report(source, compress: bool = True) -> SizeReport:
+    """Size report of a saved file (validated, path) or of what :func:`save_compressed` would write for a
+    model (nothing written)."""
+    if isinstance(source, nn.Module):
+        head, _, header = _serialize(source, compress)
+        return SizeReport.from_header(header, len(head))
+    _, header, start = _load(source)
+    return SizeReport.from_header(header, start)
