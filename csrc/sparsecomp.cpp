@@ -37,6 +37,13 @@ TORCH_LIBRARY(sparsecomp, m) {
   m.def("binary_conv2d(Tensor x, Tensor weight_bits, Tensor alpha, Tensor? bias, int in_channels,"
         " int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups,"
         " bool binarize_input=True, str padding_mode='zeros', str activation='none') -> Tensor");
+
+  // Codebook (weight-clustering) layers. y = x @ W^T + bias with W[o][k] = codebook[idx(o, k)] (codebook
+  // [2^bits], one table per layer) or codebook[o][idx(o, k)] ([out_features, 2^bits], one per row).
+  // packed_indices int32 [out_features, ceil(in_features * bits / 32)]: per row a little-endian bit stream,
+  // index k at stream bits [k * bits, (k + 1) * bits), stream bit i = bit i % 32 of word i / 32 (csrc/cpu/codebook.h).
+  m.def("codebook_mm(Tensor x, Tensor packed_indices, Tensor codebook, Tensor? bias, int in_features, int bits)"
+        " -> Tensor");
 }
 
 namespace {

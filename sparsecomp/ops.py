@@ -123,6 +123,53 @@ def _binary_conv2d_fake(x, weight_bits, alpha, bias, in_channels, kernel_size, s
     return torch.empty((x.shape[0], weight_bits.shape[0], oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
+# ---- codebook (weight-clustering) ops: layout in csrc/cpu/codebook.h and sparsecomp/formats/codebook.py ----
+
+def codebook_mm(x: torch.Tensor, packed_indices: torch.Tensor, codebook: torch.Tensor, bias: torch.Tensor | None,
+                in_features: int, bits: int) -> torch.Tensor:
+    """``x @ W.T + bias`` for a 2-D ``x`` with ``W[o, k] = codebook[idx[o, k]]`` (or ``codebook[o, idx[o, k]]``)."""
+    return _lib.codebook_mm(x, packed_indices, codebook, bias, in_features, bits)
+
+
+@torch.library.register_fake("sparsecomp::codebook_mm")
+def _codebook_mm_fake(x, packed_indices, codebook, bias, in_features, bits):
+    torch._check(1 <= bits <= 8, lambda: f"codebook_mm: bits must be in 1..8, got {bits}")
+    torch._check(x.dim() == 2, lambda: f"codebook_mm: x must be 2-D, got {x.dim()}-D")
+    torch._check(x.shape[1] == in_features, lambda: f"codebook_mm: x must have {in_features} columns")
+    torch._check(codebook.shape[-1] == 1 << bits, lambda: f"codebook_mm: codebook must have {1 << bits} entries")
+    return x.new_empty((x.shape[0], packed_indices.shape[0]))
+
+
+def _codebook_mm_setup_context(ctx, inputs, output):
+    x, packed_indices, codebook, bias, in_features, bits = inputs
+    ctx.save_for_backward(x, packed_indices, codebook)
+    ctx.in_features, ctx.bits, ctx.has_bias = in_features, bits, bias is not None
+
+
+def _codebook_mm_backward(ctx, grad_out):
+    # Reference-speed backward through the dense weight (CodebookLinear trains through dequantize + F.linear).
+    from .formats.codebook import dequantize, unpack_indices
+
+    x, packed_indices, codebook = ctx.saved_tensors
+    idx = unpack_indices(packed_indices, ctx.in_features, ctx.bits)
+    grad_x = grad_cb = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_out @ dequantize(idx, codebook)
+    if ctx.needs_input_grad[2]:
+        grad_w = grad_out.t() @ x  # [out, in]; each entry's gradient is the sum over its members
+        if codebook.dim() == 1:
+            grad_cb = torch.zeros_like(codebook).scatter_add_(0, idx.reshape(-1), grad_w.reshape(-1))
+        else:
+            grad_cb = torch.zeros_like(codebook).scatter_add_(1, idx, grad_w)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = grad_out.sum(0)
+    return grad_x, None, grad_cb, grad_bias, None, None
+
+
+torch.library.register_autograd("sparsecomp::codebook_mm", _codebook_mm_backward,
+                                setup_context=_codebook_mm_setup_context)
+
+
 def _no_derivative(op: str):
     def backward(ctx, *grads):
         raise RuntimeError(
