@@ -1,8 +1,9 @@
 """Drop-in ``torch.nn`` modules running on sparsecomp kernels."""
 from .binary_conv import BinaryConv2d
 from .binary_linear import BinaryLinear
+from .codebook_conv import CodebookConv2d
 from .codebook_linear import CodebookLinear
 from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "CodebookLinear", "SparseConv2d", "SparseLinear"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "CodebookConv2d", "CodebookLinear", "SparseConv2d", "SparseLinear"]
