@@ -2,8 +2,8 @@
 
 Why an own format: ``torch.save`` pickles, and unpickling a file can run arbitrary code. This loader only
 parses JSON and copies little-endian numbers into tensors; nothing in the file is ever executed, and only
-the module types of a fixed registry (SparseLinear, SparseConv2d, BinaryLinear, BinaryConv2d) can be built
-from it.
+the module types of a fixed registry (SparseLinear, SparseConv2d, BinaryLinear, BinaryConv2d, CodebookLinear,
+CodebookConv2d) can be built from it.
 
 File layout (all integers little-endian)::
 
@@ -31,7 +31,15 @@ bit-exact, chosen per tensor only when smaller than raw):
   makes them), so that rebuilding them from the mask is exact; ``row_ptr`` is stored on its own (``delta``);
 - ``bitmap``: a floating tensor with many all-zero-bit elements (a pruned but unconverted weight) as a
   1-bit-per-element mask (part ``mask``, LSB first) plus the other elements (part ``values``). ``-0.0`` and NaN
-  are not all-zero bits, so they are stored as values and round-trip exactly.
+  are not all-zero bits, so they are stored as values and round-trip exactly;
+- ``huffman``: the ``packed_indices`` of a CodebookLinear/CodebookConv2d as the Huffman-coded index streams of
+  sparsecomp.quantize.storage (``encode_indices``): for a pruned layer (``zero_code``) the gaps between nonzero
+  codes (part ``gaps``) and those codes (part ``codes``), otherwise every code; the entry adds ``matrix``
+  [rows, cols], ``bits`` and the gap ``cap``. Used only when smaller than the fixed-width packed words (``raw``);
+  the layer's ``_extra_state`` (bits, per_channel, zero_code) is its module config, not a stored tensor;
+- ``palette``: a floating tensor with at most 256 distinct values (bit patterns) as those values (part
+  ``palette``, sorted) plus a Huffman stream of each element's value number (part ``codes``): what clustered
+  weights kept as sparse values or dense weights (codebook entries) cost.
 
 Every part may additionally be zlib-deflated when that saves >= 5% (``compress=True``).
 
@@ -59,9 +67,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .formats.codebook import pack_indices, row_words
 from .formats.packed_bits import pack_signs, validate_packed
 from .formats.sparse import TILE_COLS, TiledCSR, num_col_tiles
-from .nn import BinaryConv2d, BinaryLinear, SparseConv2d, SparseLinear
+from .nn import BinaryConv2d, BinaryLinear, CodebookConv2d, CodebookLinear, SparseConv2d, SparseLinear
+from .quantize.huffman import huffman_decode, huffman_encode
+from .quantize.storage import decode_indices, encode_indices
 
 __all__ = ["save_compressed", "load_compressed", "compressed_size_report", "read_state_dict", "SizeReport",
            "CorruptFileError", "ModelMismatchError", "MAGIC", "VERSION"]
@@ -90,7 +101,10 @@ _DTYPES = {
 _STORAGE_ONLY = {"uint16": "<u2", "uint32": "<u4"}  # element types of parts (delta encoding) only
 _DTYPE_NAMES = {dt: name for name, (dt, _) in _DTYPES.items()}
 _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers, to test bits
-_ENCODINGS = {"raw": ("data",), "delta": ("deltas",), "bitmap": ("mask", "values"), "colmask": ("mask",)}
+_ENCODINGS = {"raw": ("data",), "delta": ("deltas",), "bitmap": ("mask", "values"), "colmask": ("mask",),
+              "huffman": ("gaps", "codes"), "palette": ("palette", "codes")}
+_ENTRY_EXTRA = {"colmask": {"matrix"}, "huffman": {"matrix", "bits", "cap"}}  # header fields beyond the common ones
+_PALETTE_MAX = 256  # distinct values a palette-coded tensor may have
 
 
 # ====================================================================================== module kinds
@@ -242,6 +256,83 @@ def _build_binary_conv(c: dict, device, dtype) -> BinaryConv2d:
                                         device=device, dtype=dtype), c)
 
 
+# Codebook layers: the config holds the constructor arguments; the module's extra state (bits, per_channel,
+# zero_code) is part of it, so the state_dict entry "_extra_state" is not stored as a tensor.
+_CODEBOOK_FLAGS = ("bias", "per_channel", "zero_code")
+
+
+def _codebook_flags(m) -> dict:
+    return {"bias": m.bias is not None, "bits": m.bits, "per_channel": m.per_channel, "zero_code": m.zero_code}
+
+
+def _codebook_linear_config(m: CodebookLinear) -> dict:
+    return {"in_features": m.in_features, "out_features": m.out_features, **_codebook_flags(m)}
+
+
+def _codebook_conv_config(m: CodebookConv2d) -> dict:
+    return {**_dense_conv_geometry(m), **_codebook_flags(m)}
+
+
+def _dense_conv_geometry(m) -> dict:
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair_list(m.kernel_size),
+            "stride": _pair_list(m.stride), "padding": m.padding if isinstance(m.padding, str) else
+            _pair_list(m.padding), "dilation": _pair_list(m.dilation), "groups": m.groups,
+            "padding_mode": m.padding_mode}
+
+
+def _dense_codebook_conv_config(m: nn.Conv2d) -> dict:
+    return {**_dense_conv_geometry(m), "bias": m.bias is not None}
+
+
+def _check_codebook_flags(c: dict, what: str) -> None:
+    for k in _CODEBOOK_FLAGS:
+        if not isinstance(c[k], bool):
+            raise CorruptFileError(f"{what} {k} must be true/false")
+    _expect_int(c["bits"], f"{what} bits", low=1)
+    if c["bits"] > 8:
+        raise CorruptFileError(f"{what} bits must be in 1..8, got {c['bits']}")
+
+
+def _check_codebook_linear_config(c: dict) -> None:
+    _expect_keys(c, {"in_features", "out_features", "bits", *_CODEBOOK_FLAGS}, "CodebookLinear config")
+    for k in ("in_features", "out_features"):
+        _expect_int(c[k], f"CodebookLinear {k}", low=1)
+    _check_codebook_flags(c, "CodebookLinear")
+
+
+def _check_codebook_conv_config(c: dict) -> None:
+    what = "CodebookConv2d"
+    _expect_keys(c, {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                     "padding_mode", "bits", *_CODEBOOK_FLAGS}, f"{what} config")
+    for k in ("in_channels", "out_channels", "groups"):
+        _expect_int(c[k], f"{what} {k}", low=1)
+    if c["in_channels"] % c["groups"] or c["out_channels"] % c["groups"]:
+        raise CorruptFileError(f"{what}: channels {c['in_channels']}, {c['out_channels']} not divisible by groups "
+                               f"{c['groups']}")
+    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+        if k == "padding" and c[k] in ("same", "valid"):
+            continue
+        if not isinstance(c[k], list) or len(c[k]) != 2:
+            raise CorruptFileError(f"{what} {k} must be a list of 2 integers")
+        for v in c[k]:
+            _expect_int(v, f"{what} {k}", low=low)
+    if c["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
+        raise CorruptFileError(f"{what} padding_mode invalid: {c['padding_mode']!r}")
+    _check_codebook_flags(c, what)
+
+
+def _build_codebook_linear(c: dict, device, dtype) -> CodebookLinear:
+    return CodebookLinear(c["in_features"], c["out_features"], c["bits"], c["per_channel"], c["bias"],
+                          c["zero_code"], device=device, dtype=dtype)
+
+
+def _build_codebook_conv(c: dict, device, dtype) -> CodebookConv2d:
+    padding = c["padding"] if isinstance(c["padding"], str) else tuple(c["padding"])
+    return CodebookConv2d(c["in_channels"], c["out_channels"], tuple(c["kernel_size"]), tuple(c["stride"]), padding,
+                          tuple(c["dilation"]), c["groups"], c["bias"], c["padding_mode"], c["bits"],
+                          c["per_channel"], c["zero_code"], device=device, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class _Kind:
     cls: type
@@ -279,8 +370,18 @@ _KINDS = {
         lambda c: c["out_channels"] * (c["in_channels"] // c["groups"]) * math.prod(c["kernel_size"])
         + (c["out_channels"] if c["bias"] else 0),
         _BINARY_FLEXIBLE),
+    "CodebookLinear": _Kind(
+        CodebookLinear, nn.Linear, _codebook_linear_config, _dense_linear_config, _check_codebook_linear_config,
+        _build_codebook_linear,
+        lambda c: c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0)),
+    "CodebookConv2d": _Kind(
+        CodebookConv2d, nn.Conv2d, _codebook_conv_config, _dense_codebook_conv_config, _check_codebook_conv_config,
+        _build_codebook_conv,
+        lambda c: c["out_channels"] * (c["in_channels"] // c["groups"]) * math.prod(c["kernel_size"])
+        + (c["out_channels"] if c["bias"] else 0)),
 }
 _SPARSE_KINDS = ("SparseLinear", "SparseConv2d")
+_CODEBOOK_KINDS = ("CodebookLinear", "CodebookConv2d")
 
 
 def _kind_of(module: nn.Module) -> str | None:
@@ -374,8 +475,40 @@ def _decode_colmask(mask: np.ndarray, matrix, count: int, name: str) -> torch.Te
     return torch.from_numpy((flat % cols % TILE_COLS).astype(np.uint16).view(np.int16))
 
 
+def _encode_codes(m, compress: bool) -> tuple[dict, dict] | None:
+    """The ``huffman`` parts of a codebook module's ``packed_indices``: its indices as the Huffman-coded streams
+    of sparsecomp.quantize.storage (gaps between the nonzero codes of a pruned layer, then the codes), and the
+    entry's extra fields; None when repacking would not give the same bits back (nonzero padding bits)."""
+    idx = m.indices().detach().cpu()
+    if not torch.equal(pack_indices(idx, m.bits), m.packed_indices.detach().cpu()):
+        return None
+    gaps, cap, codes = encode_indices(idx.reshape(-1).numpy(), m.zero_code)
+    return ({"gaps": _part(gaps, "uint8", len(gaps), compress), "codes": _part(codes, "uint8", len(codes), compress)},
+            {"matrix": [m._rows, m._cols], "bits": m.bits, "cap": cap})
+
+
+def _size(parts: dict) -> int:
+    return sum(len(p["_bytes"]) for p in parts.values())
+
+
+def _encode_palette(t: torch.Tensor, compress: bool) -> dict | None:
+    """A floating tensor with at most _PALETTE_MAX distinct values (bit patterns, so -0.0 and NaNs stay exact) as
+    its sorted distinct values plus a Huffman stream of each element's value number. What clustered weights
+    stored as sparse values (a codebook's entries) or as a dense weight cost."""
+    ints = t.view(_INT_VIEW[t.element_size()]).flatten()
+    if torch.unique(ints[:4 * _PALETTE_MAX]).numel() > _PALETTE_MAX:  # cheap early exit for ordinary weights
+        return None
+    values, codes = torch.unique(ints, return_inverse=True)
+    if values.numel() > _PALETTE_MAX:
+        return None
+    stream = huffman_encode(codes)
+    return {"palette": _part(_to_bytes(values.view(t.dtype)), _DTYPE_NAMES[t.dtype], values.numel(), compress),
+            "codes": _part(stream, "uint8", len(stream), compress)}
+
+
 def _encode(t: torch.Tensor, compress: bool) -> tuple[str, dict]:
-    """(encoding, {part name: part}) of one tensor: the smallest of raw / delta / bitmap."""
+    """(encoding, {part name: part}) of one tensor: delta where it applies, else the smallest of raw / bitmap /
+    palette."""
     name = _DTYPE_NAMES[t.dtype]
     t = t.detach().cpu().contiguous()
     n, item = t.numel(), t.element_size()
@@ -391,14 +524,21 @@ def _encode(t: torch.Tensor, compress: bool) -> tuple[str, dict]:
                 np_dt = _STORAGE_ONLY.get(store, "<u1")
                 data = deltas.numpy().astype(np_dt).tobytes()
                 return "delta", {"deltas": _part(data, store, n, compress)}
+    best = None
     if t.is_floating_point() and n >= 16:
         nonzero = t.view(_INT_VIEW[item]).flatten() != 0  # bit test: -0.0 and NaN count as nonzero
         nnz = int(nonzero.sum())
         if (n + 7) // 8 + nnz * item < raw_size:
             mask = np.packbits(nonzero.numpy(), bitorder="little").tobytes()
-            return "bitmap", {"mask": _part(mask, "uint8", len(mask), compress),
+            best = "bitmap", {"mask": _part(mask, "uint8", len(mask), compress),
                               "values": _part(_to_bytes(t.flatten()[nonzero]), name, nnz, compress)}
-    return "raw", {"data": _part(_to_bytes(t), name, n, compress)}
+    if best is None:
+        best = "raw", {"data": _part(_to_bytes(t), name, n, compress)}
+    if t.is_floating_point() and n >= 64:
+        palette = _encode_palette(t, compress)
+        if palette is not None and _size(palette) < _size(best[1]):
+            best = "palette", palette
+    return best
 
 
 def _dense_params(model: nn.Module, modules: dict) -> int:
@@ -422,10 +562,14 @@ def _serialize(model: nn.Module, compress: bool) -> tuple[bytes, list[bytes], di
         if kind is not None:
             modules[name] = {"kind": kind, "config": _KINDS[kind].config(m)}
     structures = {}  # col_idx key -> (col_idx, row_ptr, weight shape) of the sparse modules
+    coded = {}  # packed_indices key -> codebook module
     for name, m in model.named_modules():
+        p = f"{name}." if name else ""
         if name in modules and modules[name]["kind"] in _SPARSE_KINDS:
-            p = f"{name}." if name else ""
             structures[p + "col_idx"] = (m.col_idx, m.row_ptr, m._weight_shape)
+        if name in modules and modules[name]["kind"] in _CODEBOOK_KINDS:
+            coded[p + "packed_indices"] = m
+            state.pop(p + "_extra_state", None)  # bits / per_channel / zero_code travel in the module config
     entries, blobs, offset = [], [], 0
     for key, t in state.items():
         if not isinstance(t, torch.Tensor):
@@ -441,6 +585,10 @@ def _serialize(model: nn.Module, compress: bool) -> tuple[bytes, list[bytes], di
         if parts is None:
             enc, parts = _encode(t, compress)
             extra = {}
+        if key in coded:  # Huffman-coded indices, unless the fixed-width (packed) form is smaller
+            huff = _encode_codes(coded[key], compress)
+            if huff is not None and _size(huff[0]) < _size(parts):
+                enc, (parts, extra) = "huffman", huff
         for part in parts.values():
             data = part.pop("_bytes")
             part.update(offset=offset, length=len(data), crc32=zlib.crc32(data))
@@ -545,9 +693,9 @@ def _check_tensors(tensors, payload: int) -> None:
         raise CorruptFileError("header tensors must be a list")
     names, offset = set(), 0
     for e in tensors:
-        _expect_keys(e, {"name", "dtype", "shape", "enc", "parts"} | ({"matrix"} if isinstance(e, dict) and
-                                                                       e.get("enc") == "colmask" else set()),
-                     "tensor entry")
+        _expect_keys(e, {"name", "dtype", "shape", "enc", "parts"} | (
+            _ENTRY_EXTRA.get(e.get("enc"), set()) if isinstance(e, dict) and isinstance(e.get("enc"), str) else set()),
+            "tensor entry")
         name = e["name"]
         if not isinstance(name, str) or name in names:
             raise CorruptFileError(f"tensor name {name!r} is not a string or appears twice")
@@ -565,6 +713,7 @@ def _check_tensors(tensors, payload: int) -> None:
         _expect_keys(parts, set(_ENCODINGS[e["enc"]]), f"tensor {name!r} parts")
         numel = math.prod(e["shape"])
         item = np.dtype(_DTYPES[e["dtype"]][1]).itemsize
+        _check_coded_entry(e, name)
         for pname in _ENCODINGS[e["enc"]]:  # fixed order = the order they were written
             p = parts[pname]
             what = f"tensor {name!r} part {pname!r}"
@@ -579,7 +728,8 @@ def _check_tensors(tensors, payload: int) -> None:
             if offset > payload:
                 raise CorruptFileError(f"{what}: ends at {offset}, past the payload's {payload} bytes")
             allowed = {"raw": {"data": e["dtype"]}, "bitmap": {"mask": "uint8", "values": e["dtype"]},
-                       "colmask": {"mask": "uint8"},
+                       "colmask": {"mask": "uint8"}, "huffman": {"gaps": "uint8", "codes": "uint8"},
+                       "palette": {"palette": e["dtype"], "codes": "uint8"},
                        "delta": {"deltas": ("uint8", "uint16", "uint32")}}[e["enc"]][pname]
             if p["dtype"] not in (allowed if isinstance(allowed, tuple) else (allowed,)):
                 raise CorruptFileError(f"{what}: element dtype {p['dtype']!r} not allowed here")
@@ -614,6 +764,27 @@ def _check_tensors(tensors, payload: int) -> None:
         raise CorruptFileError(f"the parts cover {offset} bytes but the payload has {payload}")
 
 
+def _check_coded_entry(e: dict, name: str) -> None:
+    """Header checks of the codebook encodings (the streams themselves are validated when decoded)."""
+    if e["enc"] == "huffman":
+        m, bits, cap = e["matrix"], e["bits"], e["cap"]
+        if not isinstance(m, list) or len(m) != 2:
+            raise CorruptFileError(f"tensor {name!r}: huffman needs a [rows, cols] matrix")
+        rows, cols = (_expect_int(v, f"tensor {name!r} matrix") for v in m)
+        _expect_int(bits, f"tensor {name!r} bits", low=1)
+        _expect_int(cap, f"tensor {name!r} cap")
+        if bits > 8 or e["dtype"] != "int32" or e["shape"] != [rows, row_words(cols, bits)]:
+            raise CorruptFileError(f"tensor {name!r}: huffman-coded indices must be int32 [rows, row_words(cols, "
+                                   f"bits)] = {[rows, row_words(cols, min(bits, 8))]}, got {e['dtype']} "
+                                   f"{e['shape']} with bits={bits}")
+    elif e["enc"] == "palette":
+        if not e["dtype"].startswith(("float", "bfloat")):
+            raise CorruptFileError(f"tensor {name!r}: palette encoding needs a floating dtype")
+        count = e["parts"]["palette"].get("count") if isinstance(e["parts"].get("palette"), dict) else None
+        if isinstance(count, int) and not 1 <= count <= _PALETTE_MAX:
+            raise CorruptFileError(f"tensor {name!r}: a palette holds 1..{_PALETTE_MAX} values, got {count}")
+
+
 def _read_part(data: bytes, start: int, p: dict, what: str) -> np.ndarray:
     blob = data[start + p["offset"]:start + p["offset"] + p["length"]]
     if zlib.crc32(blob) != p["crc32"]:
@@ -642,6 +813,23 @@ def _tensor(arr: np.ndarray, dtype_name: str, what: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def _stream_count(stream: np.ndarray, numel: int) -> None:
+    """A Huffman stream must declare exactly ``numel`` symbols (checked before it is decoded and allocated)."""
+    if stream.size < 2:
+        raise ValueError("truncated stream header")
+    n, shift, pos = 0, 0, 1
+    while True:
+        if pos >= stream.size or shift > 63:
+            raise ValueError("truncated stream header")
+        byte = int(stream[pos])
+        n |= (byte & 0x7F) << shift
+        shift, pos = shift + 7, pos + 1
+        if not byte & 0x80:
+            break
+    if n != numel:
+        raise ValueError(f"the stream declares {n} symbols, the tensor has {numel} elements")
+
+
 def _decode(data: bytes, start: int, e: dict) -> torch.Tensor:
     name, parts = e["name"], e["parts"]
     arrays = {p: _read_part(data, start, parts[p], f"tensor {name!r} part {p!r}") for p in _ENCODINGS[e["enc"]]}
@@ -652,6 +840,27 @@ def _decode(data: bytes, start: int, e: dict) -> torch.Tensor:
         t = _decode_colmask(arrays["mask"], e["matrix"], math.prod(shape), name)
     elif e["enc"] == "delta":
         t = torch.from_numpy(np.cumsum(arrays["deltas"].astype(np.int64))).to(_DTYPES[e["dtype"]][0])
+    elif e["enc"] == "huffman":
+        rows, cols = e["matrix"]
+        try:
+            idx = decode_indices(arrays["gaps"].tobytes(), arrays["codes"].tobytes(), rows * cols, e["cap"],
+                                 e["bits"])
+        except (ValueError, IndexError) as err:
+            raise CorruptFileError(f"tensor {name!r}: {err}") from None
+        t = pack_indices(torch.from_numpy(idx).reshape(rows, cols), e["bits"])
+    elif e["enc"] == "palette":
+        values = _tensor(arrays["palette"], e["dtype"], f"tensor {name!r}")
+        numel = math.prod(shape)
+        try:
+            _stream_count(arrays["codes"], numel)
+            codes = huffman_decode(arrays["codes"].tobytes())
+        except (ValueError, IndexError) as err:
+            raise CorruptFileError(f"tensor {name!r}: palette codes: {err}") from None
+        if codes.size != numel or (codes.size and codes.max() >= values.numel()):
+            raise CorruptFileError(f"tensor {name!r}: {codes.size} palette codes (max "
+                                   f"{codes.max() if codes.size else None}) for {numel} elements and "
+                                   f"{values.numel()} values")
+        t = values[torch.from_numpy(codes)]
     else:
         numel = math.prod(shape)
         bits = np.unpackbits(arrays["mask"], bitorder="little")
@@ -724,11 +933,14 @@ def _plan_swaps(into: nn.Module, modules: dict) -> tuple[dict[str, nn.Module], d
     return swaps, prototypes
 
 
-def _expected_state(into: nn.Module, prototypes: dict) -> dict[str, torch.Tensor]:
+def _expected_state(into: nn.Module, prototypes: dict, modules: dict) -> dict[str, torch.Tensor]:
     expected = {k: v for k, v in into.state_dict().items()
                 if not any(k.startswith(p + ".") for p in prototypes)}
     for prefix, module in prototypes.items():
         expected.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+    for name, m in modules.items():  # a codebook layer's extra state is its config, not a stored tensor
+        if m["kind"] in _CODEBOOK_KINDS:
+            expected.pop((f"{name}." if name else "") + "_extra_state", None)
     return expected
 
 
@@ -736,20 +948,22 @@ def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dic
     """Names, dtypes and shapes of the file (from its header, before any payload is decoded, so a mismatched
     file allocates nothing) against ``into`` with the planned swaps; returns the sparse and the binary modules
     (or their prototypes) by name."""
-    expected = _expected_state(into, prototypes)
+    expected = _expected_state(into, prototypes, header["modules"])
     entries = {e["name"]: e for e in header["tensors"]}
     missing, unexpected = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
     if missing or unexpected:
         parts = [f"{what} {names[:8]}{'...' if len(names) > 8 else ''}"
                  for what, names in (("missing from the file:", missing), ("not in into:", unexpected)) if names]
         raise ModelMismatchError(f"state_dict names differ; {'; '.join(parts)}")
-    sparse, binary = {}, {}
+    sparse, binary, codebook = {}, {}, {}
     for name, m in into.named_modules():
         m = prototypes.get(name, m)
         if isinstance(m, (SparseLinear, SparseConv2d)):
             sparse[name] = m
         elif isinstance(m, (BinaryLinear, BinaryConv2d)):
             binary[name] = m
+        elif isinstance(m, (CodebookLinear, CodebookConv2d)):
+            codebook[name] = m
     # values/col_idx of sparse modules have the file's nonzero count (the module resizes), at most rows * cols
     resizable = {(f"{n}." if n else "") + k: math.prod(m._weight_shape) for n, m in sparse.items()
                  for k in ("values", "col_idx")}
@@ -767,7 +981,7 @@ def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dic
                                          f"{resizable[key]} nonzeros")
         elif shape != tuple(want.shape):
             raise ModelMismatchError(f"{key!r}: file shape {shape} != into's {tuple(want.shape)}")
-    return sparse, binary
+    return sparse, binary, codebook
 
 
 def _validate_sparse(sparse: dict, state: dict) -> None:
@@ -794,6 +1008,16 @@ def _validate_binary(binary: dict, state: dict) -> None:
             raise CorruptFileError(f"module {name!r}: weight_bits are not the signs of the stored latent weight")
 
 
+def _validate_codebook(codebook: dict, state: dict) -> None:
+    """Codebook layers: the pinned zero entry of a pruned layer's codebook is 0.0 (else pruned weights would
+    come back nonzero); then the module's configuration joins the state as its extra state."""
+    for name, m in codebook.items():
+        p = f"{name}." if name else ""
+        if m.zero_code and bool((state[p + "codebook"][..., 0] != 0).any()):
+            raise CorruptFileError(f"module {name!r}: codebook entry 0 must be 0.0 (zero_code: pruned weights)")
+        state[p + "_extra_state"] = m.get_extra_state()
+
+
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
@@ -813,14 +1037,15 @@ def load_compressed(path, into: nn.Module) -> nn.Module:
         raise TypeError(f"into must be an nn.Module (the model skeleton to load into), got {type(into).__name__}")
     data, header, start = _load(path)
     swaps, prototypes = _plan_swaps(into, header["modules"])
-    sparse, binary = _check_against(into, prototypes, header)
+    sparse, binary, codebook = _check_against(into, prototypes, header)
     state = _decode_all(path, data, start, header)
     _validate_sparse(sparse, state)
     _validate_binary(binary, state)
+    _validate_codebook(codebook, state)
     # Transaction: the checks above make failure here unexpected (a custom module's own loader check); if it
     # happens anyway, put the replaced modules and the old values back.
     originals = {name: into.get_submodule(name) for name in swaps}
-    snapshot = {k: v.detach().clone() for k, v in into.state_dict().items()}
+    snapshot = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in into.state_dict().items()}
     try:
         for name, module in swaps.items():
             _set_submodule(into, name, module)
@@ -837,11 +1062,17 @@ def load_compressed(path, into: nn.Module) -> nn.Module:
 
 def _classify(name: str, part: str, enc: str, modules: dict) -> str:
     owner, _, leaf = name.rpartition(".")
+    if enc == "huffman":  # a codebook layer's indices: the positions of a pruned one are sparse indices
+        return "indices" if part == "gaps" else "codes"
+    if enc == "palette":
+        return "codebooks" if part == "palette" else "codes"
     if owner in modules:
         if leaf == "values":
             return "values"
         if leaf in ("col_idx", "row_ptr"):
             return "indices"
+        if leaf == "packed_indices":
+            return "codes"
     lowered = leaf.lower()
     if "codebook" in lowered:
         return "codebooks"
@@ -856,8 +1087,8 @@ def _classify(name: str, part: str, enc: str, modules: dict) -> str:
 
 @dataclass
 class SizeReport:
-    """Bytes of a compressed file by kind (values, indices, packed_bits, codebooks, dense, headers) and per
-    tensor; ``bits_per_weight`` = file bits / weights of the equivalent dense model, ``ratio`` = its fp32
+    """Bytes of a compressed file by kind (values; indices = sparse positions; codes = codebook indices, Huffman-
+    coded or packed; packed_bits; codebooks; dense; headers) and per tensor; ``bits_per_weight`` = file bits / weights of the equivalent dense model, ``ratio`` = its fp32
     size / file size."""
     total_bytes: int
     bytes_by_kind: dict[str, int]
@@ -878,7 +1109,7 @@ class SizeReport:
 
     @classmethod
     def from_header(cls, header: dict, head_bytes: int) -> "SizeReport":
-        kinds = {k: 0 for k in ("values", "indices", "packed_bits", "codebooks", "dense")}
+        kinds = {k: 0 for k in ("values", "indices", "codes", "packed_bits", "codebooks", "dense")}
         kinds["headers"] = head_bytes
         rows = []
         for e in header["tensors"]:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from sparsecomp.nn import CodebookLinear
-from sparsecomp.quantize.storage import _gaps, _positions, decode_layer, encode_layer
+from sparsecomp.quantize.huffman import huffman_encode
+from sparsecomp.quantize.storage import _gaps, _positions, decode_indices, decode_layer, encode_indices, encode_layer
 
 
 @pytest.mark.parametrize("cap", [1, 2, 7, 255])
@@ -50,3 +51,23 @@ def test_deep_compression_example_smoke(capsys):
     out = main(["--epochs", "2", "--rounds", "1"])
     assert out["exact"] and out["ratio"] > 20
     assert "Huffman-coded" in capsys.readouterr().out
+
+
+def test_index_streams_roundtrip_and_validation():
+    rng = np.random.default_rng(0)
+    idx = np.where(rng.random(500) < 0.9, 0, rng.integers(1, 8, 500))
+    gaps, cap, codes = encode_indices(idx, zero_code=True)
+    assert cap > 0 and np.array_equal(decode_indices(gaps, codes, 500, cap, 3), idx)
+    dense = rng.integers(0, 8, 77)
+    g0, cap0, c0 = encode_indices(dense, zero_code=False)
+    assert cap0 == 0 and np.array_equal(decode_indices(g0, c0, 77, 0, 3), dense)
+    with pytest.raises(ValueError, match="out of range"):
+        decode_indices(g0, c0, 77, 0, 2)
+    with pytest.raises(ValueError, match="positions"):
+        decode_indices(gaps, codes, 400, cap, 3)  # the matrix is smaller than the positions
+    with pytest.raises(ValueError, match="code 0 stored"):
+        decode_indices(gaps, huffman_encode(np.zeros(int((idx != 0).sum()), dtype=np.int64)), 500, cap, 3)
+    with pytest.raises(ValueError, match="at most 77"):
+        decode_indices(g0, huffman_encode(np.zeros(78, dtype=np.int64)), 77, 0, 3)
+    with pytest.raises(ValueError, match="gaps given"):
+        decode_indices(gaps, c0, 77, 0, 3)
