@@ -1088,8 +1088,8 @@ def _classify(name: str, part: str, enc: str, modules: dict) -> str:
 @dataclass
 class SizeReport:
     """Bytes of a compressed file by kind (values; indices = sparse positions; codes = codebook indices, Huffman-
-    coded or packed; packed_bits; codebooks; dense; headers) and per tensor; ``bits_per_weight`` = file bits / weights of the equivalent dense model, ``ratio`` = its fp32
-    size / file size."""
+    coded or packed; packed_bits; codebooks; dense; headers) and per tensor; ``bits_per_weight`` = file bits /
+    weights of the equivalent dense model, ``ratio`` = its fp32 size / file size."""
     total_bytes: int
     bytes_by_kind: dict[str, int]
     dense_params: int
