@@ -175,3 +175,21 @@ def test_errors():
         m(torch.zeros(1, 4, 5, 5))
     with pytest.raises(ValueError, match="smaller than the kernel"):
         m(torch.zeros(1, 3, 2, 5))
+
+
+def test_cluster_model_replaces_convs(gen):
+    from sparsecomp.nn import CodebookLinear, SparseConv2d
+    from sparsecomp.quantize import cluster_model
+
+    pruned = nn.Conv2d(4, 4, 3, padding=1)
+    with torch.no_grad():
+        pruned.weight[:, :2] = 0
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), SparseConv2d.from_dense(pruned), nn.Flatten(),
+                          nn.Linear(4 * 5 * 5, 3))
+    x = torch.randn(2, 2, 7, 7, generator=gen)
+    ref = model(x).detach()
+    cluster_model(model, bits=8, progress=False, skip=("3",))
+    assert [type(m) for m in model] == [CodebookConv2d, CodebookConv2d, nn.Flatten, nn.Linear]
+    assert model[1].zero_code and torch.equal(model[1].to_dense().weight == 0, pruned.weight == 0)
+    torch.testing.assert_close(model.eval()(x), ref, rtol=0.05, atol=0.05)
+    assert not isinstance(model[3], CodebookLinear)
