@@ -72,7 +72,8 @@ def _add_bench(sub) -> dict[str, argparse.ArgumentParser]:
     parsers = {}
     for name in SUITES:
         module = load(name)
-        p = suites.add_parser(name, help=module.HELP, description=module.__doc__.split("\n\n")[0],
+        description = (module.__doc__ or module.HELP).split("\n\n")[0]
+        p = suites.add_parser(name, help=module.HELP, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p, f"sparsecomp-bench/{name}")
         parsers[name] = p

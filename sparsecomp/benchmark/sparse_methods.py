@@ -16,6 +16,7 @@ Different functions, timed but not checked against dense:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -97,7 +98,9 @@ def make_sparsecomp(weight: torch.Tensor, bias: torch.Tensor) -> Fn:
 
 def make_csr_variants(weight: torch.Tensor, bias: torch.Tensor) -> dict[str, Fn]:
     """Both torch.sparse CSR formulations, sharing one converted weight."""
-    w_csr = weight.to_sparse_csr()
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": said once per conversion, noise here
+        warnings.simplefilter("ignore", UserWarning)
+        w_csr = weight.to_sparse_csr()
     return {
         "csr_linear": lambda x: F.linear(x, w_csr, bias),
         "csr_mm": lambda x: torch.sparse.mm(w_csr, x.t()).t() + bias,
@@ -111,7 +114,9 @@ def bsr_blocksize(weight: torch.Tensor) -> int:
 
 def make_bsr(weight: torch.Tensor, bias: torch.Tensor) -> Fn:
     b = bsr_blocksize(weight)
-    w_bsr = weight.to_sparse_bsr((b, b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        w_bsr = weight.to_sparse_bsr((b, b))
     return lambda x: F.linear(x, w_bsr, bias)
 
 
