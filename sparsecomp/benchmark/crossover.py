@@ -34,13 +34,15 @@ def crossover(sparsities: Sequence[float], speedups: Sequence[float | None]) -> 
 
 
 def crossovers(rows: list[dict], methods: Sequence[str]) -> list[dict]:
-    """One entry per (case, batch, method) of sweep rows (``case``, ``shape``, ``batch``, ``sparsity``,
+    """One entry per (case, batch, method that ran) of sweep rows (``case``, ``shape``, ``batch``, ``sparsity``,
     ``speedup[method]``): the crossover sparsity (None if none) and the lowest sparsity measured."""
     found = []
     for case in dict.fromkeys(r["case"] for r in rows):
         for batch in dict.fromkeys(r["batch"] for r in rows if r["case"] == case):
             pts = [r for r in rows if r["case"] == case and r["batch"] == batch]
             for method in methods:
+                if all(r["speedup"].get(method) is None for r in pts):
+                    continue  # not run here (skipped, or not on this device): no crossover to report
                 found.append({"case": case, "shape": pts[0]["shape"], "batch": batch, "method": method,
                               "sparsity": crossover([r["sparsity"] for r in pts],
                                                     [r["speedup"].get(method) for r in pts]),

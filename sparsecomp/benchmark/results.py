@@ -35,17 +35,19 @@ def _slug(text: str) -> str:
 
 
 def section_key(meta: dict) -> str:
-    """'sparse_linear cpu-float32-<machine>-2t', plus the shapes when they are not the default 4096x4096."""
+    """'sparse_linear cpu-float32-<machine>-2t', plus the shapes when not the default 4096x4096, plus '-quick'."""
     m = meta["machine"]
     shapes = meta["args"].get("shapes", DEFAULT_SHAPES)
     suffix = "" if shapes in (DEFAULT_SHAPES, ["4096x4096"]) else "-" + _slug("-".join(shapes))
+    quick = "-quick" if meta["args"].get("quick") else ""  # a quick grid never replaces a full one
     return f"sparse_linear {m['device']}-{meta['args']['dtype']}-{_slug(m.get('gpu') or m['cpu_model'])}-" \
-           f"{m['threads']}t{suffix}"
+           f"{m['threads']}t{suffix}{quick}"
 
 
 def plot_name(meta: dict) -> str:
     shapes = meta["args"].get("shapes", DEFAULT_SHAPES)
     suffix = "" if shapes in (DEFAULT_SHAPES, ["4096x4096"]) else "_" + _slug("-".join(shapes)).replace("-", "_")
+    suffix += "_quick" if meta["args"].get("quick") else ""
     return f"sparse_{meta['machine']['device']}{suffix}_speedup.png"
 
 
