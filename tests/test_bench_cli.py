@@ -70,6 +70,17 @@ def test_alexnet_conv_preset_is_caffe_alexnet_as_im2col_gemms():
     assert [c.sparsity for c in convs.values()] == [0.676, 0.924, 0.972, 0.966, 0.943]
 
 
+@pytest.mark.parametrize("case", [c for c in presets.PRESETS["alexnet-conv"] + presets.PRESETS["mobilenet"]],
+                         ids=lambda c: c.name)
+def test_conv_geometry_matches_the_gemm_shape(case):
+    c_in, k, stride, padding, hw = case.geometry
+    out_hw = (hw + 2 * padding - k) // stride + 1
+    assert (case.in_features, case.positions) == (c_in * k * k, out_hw * out_hw)
+    # and the im2col rows the sweep builds are exactly the conv's output pixels
+    images, cols = methods.conv_inputs(case.geometry, 2, 1, 0, torch.float32, "cpu")
+    assert cols[0].shape == (case.gemm_rows(2), case.in_features)
+
+
 def test_plan_uses_layer_sparsity_and_preset_batches_unless_given():
     args = sweep.parse_args(["--shapes", "alexnet-conv,bert"])
     plan = {case.name: (sparsities, batches) for _, case, sparsities, batches in sweep.plan(args)}
@@ -95,6 +106,26 @@ def test_a_wrong_method_is_caught_before_timing():
         with pytest.raises(ResultMismatch, match="sparsecomp"):
             sweep.bench_point(fns, skipped, pruned, bias, weight, 3, args)
     assert len(timed) == 1  # called once for the check, never timed
+
+
+def test_a_wrong_conv_method_is_caught(monkeypatch):
+    case = presets.PRESETS["mobilenet"][-1]  # 1x1 1024->1024 on 7x7
+    weight, bias = methods.random_layer(case.out_features, case.in_features, seed=2)
+    pruned = methods.prune_to(weight, methods.magnitude_order(weight), 0.9)
+    args = sweep.parse_args(["--repeats", "1", "--warmup", "0", "--inputs", "1"])
+    real = methods.make_conv_methods
+
+    def off_by_one_pixel(*a):  # right shape, outputs shifted by one pixel
+        fns = real(*a)
+        dense = fns["dense_conv2d"]
+        return {**fns, "sparsecomp_conv2d": lambda x: dense(x).roll(1, dims=-1)}
+
+    with torch.no_grad():
+        fns, skipped = sweep.build_for_sparsity(pruned, bias, weight, 0.9, bsr=False)
+        sweep.bench_point(fns, skipped, pruned, bias, weight, case.gemm_rows(1), args, case.geometry, 1)
+        monkeypatch.setattr(methods, "make_conv_methods", off_by_one_pixel)
+        with pytest.raises(ResultMismatch, match="sparsecomp_conv2d"):
+            sweep.bench_point(fns, skipped, pruned, bias, weight, case.gemm_rows(1), args, case.geometry, 1)
 
 
 # ----------------------------------------------------------------------------------------- crossovers
@@ -130,6 +161,8 @@ def test_tiny_run_writes_table_json_and_plot(tiny_run):
     assert cases[0] == "32x16" and len(cases) == 1 + len(presets.PRESETS["mobilenet"])
     pw = next(r for r in data["rows"] if r["case"] == "pw 32->64@112")
     assert pw["gemm_rows"] == 112 * 112 and pw["shape"] == "64x32"
+    assert pw["conv_ms"]["dense_conv2d"] > 0 and pw["conv_speedup"] == pytest.approx(
+        pw["conv_ms"]["dense_conv2d"] / pw["conv_ms"]["sparsecomp_conv2d"])  # checked against the reference first
     assert {(c["case"], c["method"]) for c in data["crossover"]} >= {("32x16", "sparsecomp"), ("32x16", "structured")}
     png = (tiny_run / "speedup_vs_sparsity.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

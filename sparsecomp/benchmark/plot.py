@@ -11,7 +11,7 @@ from .sparse_methods import LABELS
 
 PLOTTED = ("sparsecomp", "torch_csr", "torch_bsr", "structured", "semi_structured_24")
 STYLE = {"sparsecomp": ("C0", "o"), "torch_csr": ("C1", "s"), "torch_bsr": ("C4", "v"), "structured": ("C2", "^"),
-         "semi_structured_24": ("C3", "d")}
+         "semi_structured_24": ("C3", "d"), "sparsecomp_conv2d": ("C9", "P")}
 MAX_CASE_ROWS = 12  # a preset of more layers still gets one figure, just a tall one
 
 
@@ -69,13 +69,18 @@ def _plot_per_layer(rows, meta, path, case_key, cases, batches, methods) -> Path
 
     fig, axes = plt.subplots(1, len(batches), figsize=(max(5.0, 0.9 * len(cases) + 1.5) * len(batches), 4.6),
                              squeeze=False, sharey=True)
+    def speedup(r, method):  # the conv bar: SparseConv2d over torch conv2d, both on images
+        return r.get("conv_speedup") if method == "sparsecomp_conv2d" else r["speedup"].get(method)
+
+    if any(r.get("conv_speedup") for r in rows):
+        methods = [*methods, "sparsecomp_conv2d"]
     width = 0.8 / max(1, len(methods))
     for ax, batch in zip(axes[0], batches):
         by_case = {r[case_key]: r for r in rows if r["batch"] == batch}
         for mi, method in enumerate(methods):
             color, marker = STYLE[method]
             xs = [i + (mi - (len(methods) - 1) / 2) * width for i in range(len(cases))]
-            ys = [(by_case[c]["speedup"].get(method) if c in by_case else None) for c in cases]
+            ys = [(speedup(by_case[c], method) if c in by_case else None) for c in cases]
             ax.bar(xs, [math.nan if y is None else y for y in ys], width=width, color=color, label=LABELS[method])
         ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="break-even (dense F.linear)")
         ax.set_yscale("log")

@@ -19,6 +19,9 @@ AlexNet conv shapes (Caffe's bvlc_alexnet, 227x227 input, the network of Wen et 
 at the sparsities SSL reached on them (the ones its CPU/GPU speedups were measured at): 67.6, 92.4, 97.2, 96.6,
 94.3%.
 MobileNet (v1, 224x224) 1x1 pointwise convs are plain GEMMs ``out x in`` over ``hw * hw`` positions.
+
+Conv cases also carry their geometry, so the sparse sweep times them a second way, as convolutions of images
+(one group's channels): torch ``F.conv2d`` (oneDNN) against sparsecomp ``SparseConv2d`` (its im2col included).
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ class GemmCase:
     groups: int = 1
     sparsity: float | None = None
     conv: str = ""  # for conv cases, the layer in conv terms (documentation in tables and JSON)
+    #: for conv cases, (in_channels per group, kernel, stride, padding, input height = width): the sweep then
+    #: also times the layer as a conv on images (torch F.conv2d vs sparsecomp SparseConv2d, im2col included)
+    geometry: tuple[int, int, int, int, int] | None = None
 
     @property
     def shape(self) -> str:
@@ -51,7 +57,7 @@ def linear(out_features: int, in_features: int, name: str | None = None) -> Gemm
 
 def _pointwise(c_in: int, c_out: int, hw: int) -> GemmCase:
     return GemmCase(f"pw {c_in}->{c_out}@{hw}", c_out, c_in, positions=hw * hw,
-                    conv=f"1x1 conv {c_in}->{c_out} on {hw}x{hw}")
+                    conv=f"1x1 conv {c_in}->{c_out} on {hw}x{hw}", geometry=(c_in, 1, 1, 0, hw))
 
 
 SSL_ALEXNET_SPARSITY = {"conv1": 0.676, "conv2": 0.924, "conv3": 0.972, "conv4": 0.966, "conv5": 0.943}
@@ -64,11 +70,16 @@ PRESETS: dict[str, tuple[GemmCase, ...]] = {
     "bert": (linear(768, 768), linear(768, 3072), linear(3072, 768)),
     "alexnet": (linear(4096, 9216, "fc6 4096x9216"), linear(4096, 4096, "fc7 4096x4096")),
     "alexnet-conv": (
-        GemmCase("conv1", 96, 3 * 11 * 11, 55 * 55, 1, SSL_ALEXNET_SPARSITY["conv1"], "96x3x11x11/4 -> 55x55"),
-        GemmCase("conv2", 128, 48 * 5 * 5, 27 * 27, 2, SSL_ALEXNET_SPARSITY["conv2"], "256x48x5x5 g2 -> 27x27"),
-        GemmCase("conv3", 384, 256 * 3 * 3, 13 * 13, 1, SSL_ALEXNET_SPARSITY["conv3"], "384x256x3x3 -> 13x13"),
-        GemmCase("conv4", 192, 192 * 3 * 3, 13 * 13, 2, SSL_ALEXNET_SPARSITY["conv4"], "384x192x3x3 g2 -> 13x13"),
-        GemmCase("conv5", 128, 192 * 3 * 3, 13 * 13, 2, SSL_ALEXNET_SPARSITY["conv5"], "256x192x3x3 g2 -> 13x13"),
+        GemmCase("conv1", 96, 3 * 11 * 11, 55 * 55, 1, SSL_ALEXNET_SPARSITY["conv1"], "96x3x11x11/4 -> 55x55",
+                 (3, 11, 4, 0, 227)),
+        GemmCase("conv2", 128, 48 * 5 * 5, 27 * 27, 2, SSL_ALEXNET_SPARSITY["conv2"], "256x48x5x5 g2 -> 27x27",
+                 (48, 5, 1, 2, 27)),
+        GemmCase("conv3", 384, 256 * 3 * 3, 13 * 13, 1, SSL_ALEXNET_SPARSITY["conv3"], "384x256x3x3 -> 13x13",
+                 (256, 3, 1, 1, 13)),
+        GemmCase("conv4", 192, 192 * 3 * 3, 13 * 13, 2, SSL_ALEXNET_SPARSITY["conv4"], "384x192x3x3 g2 -> 13x13",
+                 (192, 3, 1, 1, 13)),
+        GemmCase("conv5", 128, 192 * 3 * 3, 13 * 13, 2, SSL_ALEXNET_SPARSITY["conv5"], "256x192x3x3 g2 -> 13x13",
+                 (192, 3, 1, 1, 13)),
     ),
     "mobilenet": tuple(_pointwise(*layer) for layer in (
         (32, 64, 112), (64, 128, 56), (128, 128, 56), (128, 256, 28), (256, 256, 28), (256, 512, 14),

@@ -87,15 +87,25 @@ def render_section(results: dict, plot_link: str) -> str:
     if convs:
         out.append("- convs run as their im2col GEMM (one group of a grouped conv; GEMM rows = batch x output "
                    "pixels); dense = `F.linear` on the im2col matrix, the lowering Caffe and the SSL paper timed")
+    conv = any(r.get("conv_ms") for r in rows)
+    if conv:
+        out.append("- conv ms: torch `F.conv2d` vs sparsecomp `SparseConv2d` on the images themselves (im2col "
+                   "inside), one group's channels; conv speedup = their ratio")
     out += ["", "| case | shape | batch | GEMM rows | sparsity | dense ms | sparsecomp ms | sparsecomp speedup | "
-            "ours vs CSR | CSR speedup | BSR speedup | structured speedup |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "ours vs CSR | CSR speedup | BSR speedup | structured speedup |"
+            + (" torch conv ms | SparseConv2d ms | conv speedup |" if conv else ""),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if conv else "")]
     for r in rows:
         sp = r["speedup"]
-        out.append(f"| {_case(r)} | {r['shape']} | {r['batch']} | {r.get('gemm_rows', r['batch'])} | "
-                   f"{r['sparsity']:g} | {fmt_ms(r['ms']['dense'])} | {fmt_ms(r['ms']['sparsecomp'])} | "
-                   f"**{fmt_x(sp['sparsecomp'])}** | {fmt_x(r['ours_vs_csr'])} | {fmt_x(sp['torch_csr'])} | "
-                   f"{fmt_x(sp.get('torch_bsr'))} | {fmt_x(sp['structured'])} |")
+        line = (f"| {_case(r)} | {r['shape']} | {r['batch']} | {r.get('gemm_rows', r['batch'])} | "
+                f"{r['sparsity']:g} | {fmt_ms(r['ms']['dense'])} | {fmt_ms(r['ms']['sparsecomp'])} | "
+                f"**{fmt_x(sp['sparsecomp'])}** | {fmt_x(r['ours_vs_csr'])} | {fmt_x(sp['torch_csr'])} | "
+                f"{fmt_x(sp.get('torch_bsr'))} | {fmt_x(sp['structured'])} |")
+        if conv:
+            c = r.get("conv_ms") or {}
+            line += (f" {fmt_ms(c.get('dense_conv2d'))} | {fmt_ms(c.get('sparsecomp_conv2d'))} | "
+                     f"**{fmt_x(r.get('conv_speedup'))}** |")
+        out.append(line)
     found = results["crossover"]
     methods = [m for m in dict.fromkeys(c["method"] for c in found)
                if any(c["method"] == m and c["sparsity"] is not None for c in found) or m == "sparsecomp"]

@@ -131,14 +131,23 @@ def build_for_sparsity(pruned, bias, unpruned, sparsity, bsr: bool = True) -> tu
     return fns, skipped
 
 
-def bench_point(fns, skipped, pruned, bias, unpruned, rows, args) -> dict:
-    """Checks, then times, every method on ``rows`` GEMM rows: medians/quartiles in ms, CSR variant, skips."""
+def bench_point(fns, skipped, pruned, bias, unpruned, rows, args, geometry=None, batch=None) -> dict:
+    """Checks, then times, every method on ``rows`` GEMM rows: medians/quartiles in ms, CSR variant, skips.
+    With a conv ``geometry`` (and ``batch`` images) the GEMM inputs are im2col matrices of random images, and
+    the conv methods run on those images."""
     dtype = A.DTYPES[args.dtype]
     in_features = pruned.shape[1]
     n_inputs = max(1, min(args.inputs, INPUT_BUDGET_BYTES // max(1, rows * in_features * 4)))
-    inputs = methods.random_inputs(n_inputs, rows, in_features, args.seed + rows, dtype, args.device)
     skipped = dict(skipped)
     fns = dict(fns)
+    if geometry is None:
+        inputs = methods.random_inputs(n_inputs, rows, in_features, args.seed + rows, dtype, args.device)
+    else:
+        images, inputs = methods.conv_inputs(geometry, batch, n_inputs, args.seed + rows, dtype, args.device)
+        try:
+            fns.update(methods.make_conv_methods(pruned, bias, geometry, images, inputs))
+        except Exception as err:
+            skipped["sparsecomp_conv2d"] = _reason(err)
     if args.device == "cuda":
         try:
             fn24, ref24 = methods.make_semi_structured_24(unpruned, bias, inputs)
@@ -166,8 +175,11 @@ def bench_point(fns, skipped, pruned, bias, unpruned, rows, args) -> dict:
                                 f"{slow:.0f}x dense's (limit {BSR_MAX_SLOWDOWN}x)")
         del fns["torch_bsr"]
     ref = torch.nn.functional.linear(inputs[0].double(), pruned.double(), bias.double())
-    check_same_result({n: o for n, o in outputs.items() if n in methods.SAME_FUNCTION}, ref,
-                      *methods.tolerance(dtype))
+    for name in methods.CONV_METHODS:
+        if name in outputs:
+            outputs[name] = methods.as_gemm_rows(outputs[name])
+    check_same_result({n: o for n, o in outputs.items() if n in methods.SAME_FUNCTION + methods.CONV_METHODS},
+                      ref, *methods.tolerance(dtype))
     del outputs
     timings = measure(fns, inputs, repeats=args.repeats, warmup=args.warmup,
                       min_sample_s=args.min_sample_ms / 1e3, device=args.device,
@@ -179,7 +191,10 @@ def bench_point(fns, skipped, pruned, bias, unpruned, rows, args) -> dict:
     ms["torch_csr"] = csr[csr_variant] if csr else None
     if csr_variant:
         quartiles["torch_csr"] = quartiles[csr_variant]
+    conv_ms = {name: ms.pop(name) for name in methods.CONV_METHODS if name in ms}
     return {"ms": ms, "ms_quartiles": quartiles, "csr_ms_by_variant": csr, "csr_variant": csr_variant,
+            "conv_ms": conv_ms or None, "conv_speedup": _ratio(conv_ms.get("dense_conv2d"),
+                                                                 conv_ms.get("sparsecomp_conv2d")),
             "skipped": skipped, "inputs": n_inputs}
 
 
@@ -210,7 +225,8 @@ def run_sweep(args, progress: bool = True) -> list[dict]:
                     gemm_rows = case.gemm_rows(batch)
                     bar.set_postfix_str(f"{case.name} s={sparsity} b={batch}")
                     with torch.no_grad():
-                        point = bench_point(fns, skipped, pruned, bias, unpruned, gemm_rows, args)
+                        point = bench_point(fns, skipped, pruned, bias, unpruned, gemm_rows, args,
+                                            geometry=case.geometry, batch=batch)
                     ms = point["ms"]
                     rows.append({
                         "case": case.name, "preset": preset or None, "shape": case.shape, "out_features": out_f,
@@ -253,9 +269,12 @@ def targets(rows: list[dict], found: list[dict]) -> list[dict]:
                 ">= 3x", r["ours_vs_csr"] >= 3.0)
         if r["preset"] == "alexnet-conv" and r["sparsity"] == r["layer_sparsity"] and r["speedup"]["sparsecomp"]:
             i = int(r["case"][-1]) - 1
-            add(f"AlexNet {r['case']} at {r['sparsity']:g}, batch {r['batch']}: SparseLinear vs dense "
+            add(f"AlexNet {r['case']} at {r['sparsity']:g}, batch {r['batch']}: sparse vs dense im2col GEMM "
                 f"(SSL paper CPU {SSL_ALEXNET_SPEEDUP['cpu'][i]}x, GPU {SSL_ALEXNET_SPEEDUP['gpu'][i]}x)",
                 f"{r['speedup']['sparsecomp']:.2f}x", "> 1x", r["speedup"]["sparsecomp"] > 1.0)
+            if r.get("conv_speedup"):
+                add(f"AlexNet {r['case']} at {r['sparsity']:g}, batch {r['batch']}: SparseConv2d vs torch conv2d",
+                    f"{r['conv_speedup']:.2f}x", "> 1x", r["conv_speedup"] > 1.0)
     return out
 
 
@@ -274,7 +293,9 @@ def format_table(rows: list[dict], device: str) -> str:
     has_bsr = any(r["ms"]["torch_bsr"] is not None for r in rows)
     cols = ["case", "shape", "batch", "rows", "sparsity", "dense ms", "ours ms", "csr ms", "csr via"]
     cols += ["bsr ms"] if has_bsr else []
+    has_conv = any(r.get("conv_ms") for r in rows)
     cols += ["struct ms"] + (["2:4 ms"] if device == "cuda" else []) + ["speedup", "ours vs csr"]
+    cols += ["conv ms", "sp conv ms", "conv speedup"] if has_conv else []
     lines = []
     for r in rows:
         ms = r["ms"]
@@ -284,6 +305,10 @@ def format_table(rows: list[dict], device: str) -> str:
         line += [fmt_ms(ms["torch_bsr"])] if has_bsr else []
         line += [fmt_ms(ms["structured"])] + ([fmt_ms(ms["semi_structured_24"])] if device == "cuda" else [])
         line += [fmt_x(r["speedup"]["sparsecomp"]), fmt_x(r["ours_vs_csr"])]
+        if has_conv:
+            conv = r.get("conv_ms") or {}
+            line += [fmt_ms(conv.get("dense_conv2d")), fmt_ms(conv.get("sparsecomp_conv2d")),
+                     fmt_x(r.get("conv_speedup"))]
         lines.append(line)
     widths = [max(len(c), *(len(l[i]) for l in lines)) if lines else len(c) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
@@ -303,7 +328,8 @@ def format_crossovers(found: list[dict]) -> str:
 
 CSV_COLUMNS = ["case", "shape", "out_features", "in_features", "positions", "groups", "batch", "gemm_rows",
                "sparsity", "nnz", "structured_rows"] + [f"{m}_ms" for m in REPORTED] + ["csr_variant"] + \
-    [f"speedup_{m}" for m in REPORTED if m != "dense"] + ["ours_vs_csr"]
+    [f"speedup_{m}" for m in REPORTED if m != "dense"] + ["ours_vs_csr", "dense_conv2d_ms", "sparsecomp_conv2d_ms",
+                                                          "conv_speedup"]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -314,6 +340,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
             flat = {k: r[k] for k in CSV_COLUMNS if k in r}
             flat.update({f"{m}_ms": r["ms"][m] for m in REPORTED})
             flat.update({f"speedup_{m}": v for m, v in r["speedup"].items()})
+            flat.update({f"{m}_ms": v for m, v in (r.get("conv_ms") or {}).items()})
             writer.writerow({k: "" if v is None else v for k, v in flat.items()})
 
 
@@ -340,7 +367,8 @@ def run(args: argparse.Namespace, command: str = "sparsecomp bench sparse", prog
     print(format_table(rows, args.device))
     print("\nrows = GEMM rows (batch x output pixels for convs); speedup = dense ms / ours ms; "
           "ours vs csr = csr ms / ours ms (> 1: sparsecomp is faster)")
-    print("dense = F.linear on the (im2col) input; torch.sparse CSR = the faster of "
+    print("dense = F.linear on the (im2col) input; conv ms / sp conv ms = torch F.conv2d / sparsecomp SparseConv2d "
+          "on the images (im2col inside), conv speedup = their ratio; torch.sparse CSR = the faster of "
           + " and ".join(f"{k}: {v}" for k, v in methods.CSR_VARIANTS.items()) + " (csr via)")
     print("\n" + format_crossovers(found))
     if goals:

@@ -10,6 +10,11 @@ Same function as dense ``F.linear(x, W, b)`` with the pruned W, so their outputs
 Different functions, timed but not checked against dense:
 - ``structured``: structured pruning at the same parameter count, i.e. a smaller dense layer with
   round((1 - s) * out) rows (the rows of largest norm of the unpruned weight);
+Convolutions (conv presets with a geometry), on the images whose im2col matrices the GEMM methods get:
+- ``dense_conv2d``: torch ``F.conv2d`` (oneDNN on CPU, cuDNN on CUDA) with the pruned weight;
+- ``sparsecomp_conv2d``: ``sparsecomp.nn.SparseConv2d.from_dense`` (its own im2col + sparse matmul).
+Their outputs are checked against the same reference (reordered to GEMM rows); their ratio is ``conv_speedup``.
+
 - ``semi_structured_24`` (CUDA only): the unpruned weight pruned 2:4 (50%, whatever the grid sparsity) and
   run by ``torch.sparse.to_sparse_semi_structured`` in fp16.
 """
@@ -36,7 +41,9 @@ LABELS = {
     "torch_bsr": "torch.sparse BSR",
     "structured": "structured pruning (fewer rows)",
     "semi_structured_24": "2:4 semi-structured fp16",
+    "sparsecomp_conv2d": "SparseConv2d vs torch conv2d",
 }
+CONV_METHODS = ("dense_conv2d", "sparsecomp_conv2d")
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
@@ -154,3 +161,37 @@ def make_semi_structured_24(unpruned: torch.Tensor, bias: torch.Tensor,
         return F.linear(x.half().double(), w24.double(), b16.double())
 
     return fn, reference
+
+
+# ------------------------------------------------------------------------------------------ conv cases
+def conv_inputs(geometry, batch: int, count: int, seed: int, dtype: torch.dtype,
+                device: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(images [batch, C, H, W], their im2col GEMM inputs [batch * out_pixels, C * k * k]), ``count`` of each."""
+    c_in, k, stride, padding, hw = geometry
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randn(batch, c_in, hw, hw, generator=g).to(device=device, dtype=dtype) for _ in range(count)]
+    cols = [F.unfold(x, k, padding=padding, stride=stride).transpose(1, 2).reshape(-1, c_in * k * k).contiguous()
+            for x in images]
+    return images, cols
+
+
+def as_gemm_rows(conv_out: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] conv output -> [N * H * W, C], the row order of the im2col GEMM."""
+    return conv_out.permute(0, 2, 3, 1).reshape(-1, conv_out.shape[1])
+
+
+def make_conv_methods(weight: torch.Tensor, bias: torch.Tensor, geometry, images: Sequence[torch.Tensor],
+                      cols: Sequence[torch.Tensor]) -> dict[str, Fn]:
+    """Conv methods called with a GEMM input (one of ``cols``); each runs on the matching image instead."""
+    import sparsecomp
+
+    c_in, k, stride, padding, _ = geometry
+    w4 = weight.reshape(weight.shape[0], c_in, k, k)
+    image_of = {id(c): x for c, x in zip(cols, images)}
+    conv = torch.nn.Conv2d(c_in, weight.shape[0], k, stride, padding, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(w4)
+        conv.bias.copy_(bias)
+    sparse = sparsecomp.nn.SparseConv2d.from_dense(conv).eval().requires_grad_(False)
+    return {"dense_conv2d": lambda x: F.conv2d(image_of[id(x)], w4, bias, stride, padding),
+            "sparsecomp_conv2d": lambda x: sparse(image_of[id(x)])}
