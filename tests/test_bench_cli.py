@@ -43,7 +43,7 @@ def bench(argv):
     (["binary", "--batch", "1", "--conv-batch", "2"], "give one or the other"),
     (["codebook", "--bits", "9"], "bits must be in 1..8"),
     (["codebook", "--device", "cuda"], "CPU kernel only"),
-    (["separable"], "invalid choice"),
+    (["nonesuch"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
