@@ -337,7 +337,12 @@ def convert(model: nn.Module, example_inputs, prefer: str = "speed", min_sparsit
             choice.measured_ms = _time({"dense": dense, **built}, x, timer, repeats)
             use = _fastest(choice.measured_ms, margin)
         else:
-            use, choice.predicted_ms = table.choose(_layer_gemm(dense, x), margin, allowed=list(built))
+            layer = _layer_gemm(dense, x)
+            if layer.device != table.device:
+                raise ValueError(f"cost_model table was measured on {table.device} but layer {name!r} runs on "
+                                 f"{layer.device}: measure one there (sparsecomp bench sparse --device "
+                                 f"{layer.device}) or use cost_model='probe'")
+            use, choice.predicted_ms = table.choose(layer, margin, allowed=list(built))
             if use != "dense" and verify:  # the table proposes, a measurement at the real input disposes
                 choice.measured_ms = _time({"dense": dense, use: built[use]}, x, timer, repeats)
                 use = _fastest(choice.measured_ms, margin)

@@ -206,3 +206,6 @@ def test_convert_cost_model_arguments():
         sc.convert(model, (x,), cost_model="no/such/results.json")
     with pytest.raises(TypeError, match="cost_model must be"):
         sc.convert(model, (x,), cost_model=1.5)
+    gpu_table = {"meta": {"machine": {"device": "cuda"}}, "rows": [row(40, 64, 1, 0.5, 1.0, 0.5)]}
+    with pytest.raises(ValueError, match="measured on cuda but layer '0' runs on cpu"):
+        sc.convert(model, (x,), cost_model=gpu_table, verbose=False)
