@@ -161,7 +161,7 @@ def tiny_sweep(tmp_path_factory):
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("sweep")
     assert sweep_sparse.main(["--shapes", "64x48", "--batch", "1,3", "--sparsity", "0.5,0.9", "--repeats", "3",
-                              "--warmup", "1", "--min-sample-ms", "0", "--out", str(out)]) == 0
+                              "--warmup", "1", "--min-sample-ms", "0", "--bsr", "--out", str(out)]) == 0
     return out
 
 

@@ -66,15 +66,17 @@ def add_arguments(p: argparse.ArgumentParser, default_out: str = "sparsecomp-ben
                    help="before every timed sample, untimed, read a buffer of this many MB so weights start "
                         "cold: more than the last-level cache, with --min-sample-ms 0 (else only the first call "
                         "of a batched sample is cold); default 0: off")
-    p.add_argument("--no-bsr", action="store_true", help="skip torch.sparse BSR (always skipped with --quick)")
+    p.add_argument("--bsr", action=argparse.BooleanOptionalAction, default=None,
+                   help="time torch.sparse BSR too (default: on CUDA only; on CPU its kernels ran 20-170x slower "
+                        "than dense on unstructured zeros here, adding minutes per grid; never with --quick)")
 
 
 def finalize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     args.batch_given, args.sparsity_given = args.batch is not None, args.sparsity is not None
     A.fill_defaults(args, QUICK_GRID if args.quick else FULL_GRID)
     A.check_common(args, parser)
-    if args.quick:
-        args.no_bsr = True
+    if args.bsr is None:
+        args.bsr = args.device == "cuda" and not args.quick
     return args
 
 
@@ -220,7 +222,7 @@ def run_sweep(args, progress: bool = True) -> list[dict]:
                 pruned = methods.prune_to(weight, order, sparsity).to(device=args.device, dtype=dtype)
                 # no_grad, not inference_mode: F.linear with a CSR weight raises under inference_mode
                 with torch.no_grad():
-                    fns, skipped = build_for_sparsity(pruned, bias, unpruned, sparsity, bsr=not args.no_bsr)
+                    fns, skipped = build_for_sparsity(pruned, bias, unpruned, sparsity, bsr=args.bsr)
                 for batch in batches:
                     gemm_rows = case.gemm_rows(batch)
                     bar.set_postfix_str(f"{case.name} s={sparsity} b={batch}")
