@@ -91,16 +91,18 @@ def render_section(results: dict, plot_link: str) -> str:
     if conv:
         out.append("- conv ms: torch `F.conv2d` vs sparsecomp `SparseConv2d` on the images themselves (im2col "
                    "inside), one group's channels; conv speedup = their ratio")
+    bsr = any(r["speedup"].get("torch_bsr") is not None for r in rows)
     out += ["", "| case | shape | batch | GEMM rows | sparsity | dense ms | sparsecomp ms | sparsecomp speedup | "
-            "ours vs CSR | CSR speedup | BSR speedup | structured speedup |"
+            "ours vs CSR | CSR speedup |" + (" BSR speedup |" if bsr else "") + " structured speedup |"
             + (" torch conv ms | SparseConv2d ms | conv speedup |" if conv else ""),
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if conv else "")]
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * bsr + "---:|"
+            + ("---:|---:|---:|" if conv else "")]
     for r in rows:
         sp = r["speedup"]
         line = (f"| {_case(r)} | {r['shape']} | {r['batch']} | {r.get('gemm_rows', r['batch'])} | "
                 f"{r['sparsity']:g} | {fmt_ms(r['ms']['dense'])} | {fmt_ms(r['ms']['sparsecomp'])} | "
-                f"**{fmt_x(sp['sparsecomp'])}** | {fmt_x(r['ours_vs_csr'])} | {fmt_x(sp['torch_csr'])} | "
-                f"{fmt_x(sp.get('torch_bsr'))} | {fmt_x(sp['structured'])} |")
+                f"**{fmt_x(sp['sparsecomp'])}** | {fmt_x(r['ours_vs_csr'])} | {fmt_x(sp['torch_csr'])} |"
+                + (f" {fmt_x(sp.get('torch_bsr'))} |" if bsr else "") + f" {fmt_x(sp['structured'])} |")
         if conv:
             c = r.get("conv_ms") or {}
             line += (f" {fmt_ms(c.get('dense_conv2d'))} | {fmt_ms(c.get('sparsecomp_conv2d'))} | "
