@@ -1,4 +1,5 @@
-"""`python bench/sweep_binary.py ARGS` runs `sparsecomp bench binary ARGS` (the engine is `sparsecomp.benchmark.binary`),
+"""`python bench/sweep_binary.py ARGS` runs `sparsecomp bench binary ARGS`
+(the engine is `sparsecomp.benchmark.binary`),
 writing to bench/out/binary by default. Kept so existing commands and scripts still work."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`python bench/sweep_codebook.py ARGS` runs `sparsecomp bench codebook ARGS` (the engine is `sparsecomp.benchmark.codebook`),
+"""`python bench/sweep_codebook.py ARGS` runs `sparsecomp bench codebook ARGS`
+(the engine is `sparsecomp.benchmark.codebook`),
 writing to bench/out/codebook by default. Kept so existing commands and scripts still work."""
 from __future__ import annotations
 

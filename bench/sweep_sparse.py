@@ -1,4 +1,5 @@
-"""`python bench/sweep_sparse.py ARGS` runs `sparsecomp bench sparse ARGS` (the engine is `sparsecomp.benchmark.sparse`),
+"""`python bench/sweep_sparse.py ARGS` runs `sparsecomp bench sparse ARGS`
+(the engine is `sparsecomp.benchmark.sparse`),
 writing to bench/out by default. Kept so existing commands and scripts still work."""
 from __future__ import annotations
 

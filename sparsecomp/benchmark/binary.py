@@ -7,8 +7,8 @@
     sparsecomp bench binary --shapes 1024x4096 --batch 1,16   # other BinaryLinear shapes (no conv layers)
 
 Every point first checks each method's output (first sample) against its float64 reference, then times all
-methods interleaved (bench/harness.py). Ratios = torch fp32 median / method median, both measured in the same
-run at the same thread count; a family's time is its faster input layout (NCHW or channels_last), so fp32 is
+methods interleaved (sparsecomp.benchmark.harness). Ratios = torch fp32 median / method median, both measured in
+the same run at the same thread count; a family's time is its faster input layout (NCHW or channels_last), so fp32 is
 not handicapped by a layout oneDNN dislikes, nor binary by one it dislikes. The binary ops pack the float
 activations themselves, so packing is inside their time. binary_avx2 forces sparsecomp's AVX2 code path.
 """
