@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sparsecomp-installed
 SOURCES := $(shell find csrc sparsecomp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py') setup.py pyproject.toml
 
-.PHONY: demo test bench bench-quick info install clean
+.PHONY: demo test bench bench-quick bench-full bench-pytest bench-results info install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,23 @@ test: $(STAMP)
 info: $(STAMP)
 	$(PY) -m sparsecomp info
 
-bench-quick: $(STAMP)
-	$(PY) bench/sweep_sparse.py --quick --out bench/out
-
+# `sparsecomp bench all --quick`: every suite's small grid (< 10 minutes on 2 cores); results in bench/out/<suite>/
 bench: $(STAMP)
-	$(PY) bench/sweep_sparse.py --out bench/out
+	$(PY) -m sparsecomp bench all --quick --out bench/out
+
+bench-quick: bench
+
+# every suite's full grid (tens of minutes on 2 cores)
+bench-full: $(STAMP)
+	$(PY) -m sparsecomp bench all --out bench/out
+
+# pytest-benchmark suites (groups per shape: --benchmark-autosave, then --benchmark-compare after a change)
+bench-pytest: $(STAMP)
+	$(PY) -m pytest bench/ --benchmark-only
+
+# refresh this machine's generated sparse section of bench/RESULTS.md (and its plot) from the last run
+bench-results: $(STAMP)
+	$(PY) -m sparsecomp.benchmark.results bench/out/sparse/results.json --copy-plot
 
 clean:
 	rm -rf build *.egg-info sparsecomp/*.so $(STAMP)

@@ -1,6 +1,7 @@
 """pytest-benchmark suite of the binary layers (issue 3): torch fp32 vs XNOR binary vs BinaryConnect.
 
-    pytest bench/test_bench_binary.py --benchmark-only                  # everything (a few minutes on 2 cores)
+    pytest bench/test_bench_binary.py --benchmark-only                  # quick: batch 1, fp32 vs XNOR (~1 min)
+    BENCH_GRID=full pytest bench/test_bench_binary.py --benchmark-only  # every method and batch (minutes)
     pytest bench/test_bench_binary.py --benchmark-only -k "256_14-b1"   # one layer, batch 1
     pytest bench/test_bench_binary.py --benchmark-only --benchmark-group-by=group
 
@@ -16,18 +17,23 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 
 import pytest
 import torch
 
-from bench import binary_methods as bm
-from bench.harness import check_same_result
+from sparsecomp.benchmark import binary_methods as bm
+from sparsecomp.benchmark.harness import check_same_result
 
 N_INPUTS = 3
-CONV_METHODS = tuple(f + s for f in bm.FAMILIES for s in bm.LAYOUTS)
-LINEAR_METHODS = bm.FAMILIES
-CASES = [(layer, b, m) for layer in bm.RESNET18 for b in bm.CONV_BATCHES for m in CONV_METHODS] + \
-        [(layer, b, m) for layer in bm.LINEAR_LAYERS for b in bm.LINEAR_BATCHES for m in LINEAR_METHODS]
+FULL = os.environ.get("BENCH_GRID", "quick") == "full"
+FAMILIES = bm.FAMILIES if FULL else ("fp32", "binary")
+CONV_METHODS = tuple(f + s for f in FAMILIES for s in bm.LAYOUTS)
+LINEAR_METHODS = FAMILIES
+CONV_BATCHES = bm.CONV_BATCHES if FULL else (1,)
+LINEAR_BATCHES = bm.LINEAR_BATCHES if FULL else (1,)
+CASES = [(layer, b, m) for layer in bm.RESNET18 for b in CONV_BATCHES for m in CONV_METHODS] + \
+        [(layer, b, m) for layer in bm.LINEAR_LAYERS for b in LINEAR_BATCHES for m in LINEAR_METHODS]
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,6 +1,7 @@
 """pytest-benchmark suite: 4096x4096 fp32 linear, dense vs sparsecomp vs torch.sparse CSR.
 
-    pytest bench/ --benchmark-only                      # everything (a few minutes on 2 cores)
+    pytest bench/ --benchmark-only                      # the quick grid (sparsity 0.5, 0.9, 0.99; about a minute)
+    BENCH_GRID=full pytest bench/ --benchmark-only      # 8 sparsities (a few minutes on 2 cores)
     pytest bench/ --benchmark-only -k "b1-"             # batch 1 only
     pytest bench/ --benchmark-only --benchmark-autosave  # then --benchmark-compare after a kernel change
     BENCH_FLUSH_MB=1024 pytest bench/ --benchmark-only   # cold weights: evict caches before every call
@@ -8,7 +9,8 @@
 By default each method runs back to back, so its weight stays warm in cache (on a large-L3 CPU that
 flatters every method, the smaller sparse weights most); sweep_sparse.py interleaves methods instead.
 
-One benchmark group per (batch, sparsity) so compare tables line the three methods up. Weight pruning and
+One benchmark group per (shape, batch, sparsity), e.g. '4096x4096-b1-s0.9', so compare tables line the three
+methods up and `--benchmark-compare` matches the same group across commits. Weight pruning and
 conversion happen once per sparsity in cached helpers, outside the timed calls; each test first checks its
 method against a float64 reference.
 """
@@ -21,12 +23,13 @@ import os
 import pytest
 import torch
 
-from bench import sparse_linear_methods as methods
-from bench.harness import cache_flusher, check_same_result, measure
+from sparsecomp.benchmark import sparse_methods as methods
+from sparsecomp.benchmark.harness import cache_flusher, check_same_result, measure
 
 OUT_FEATURES = IN_FEATURES = 4096
 BATCHES = (1, 16, 128)
-SPARSITIES = (0.3, 0.4, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+FULL = os.environ.get("BENCH_GRID", "quick") == "full"
+SPARSITIES = (0.3, 0.4, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99) if FULL else (0.5, 0.9, 0.99)
 METHODS = ("dense", "sparsecomp", "torch_csr")
 N_INPUTS = 4
 FLUSH_MB = float(os.environ.get("BENCH_FLUSH_MB", "0"))  # > 0: read this much memory (untimed) before each call

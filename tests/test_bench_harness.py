@@ -1,19 +1,16 @@
-"""Tests of the benchmark tooling in bench/ (timing harness, sweep CLI, RESULTS.md writer)."""
+"""Tests of the benchmark engine sparsecomp.benchmark (timing harness, sparse sweep, RESULTS.md writer)."""
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives at the repo root, not installed
-
-from bench import make_results, sweep_sparse  # noqa: E402
-from bench.harness import ResultMismatch, Timing, check_same_result, crossover, measure  # noqa: E402
+from sparsecomp.benchmark import results as make_results
+from sparsecomp.benchmark import sparse as sweep_sparse
+from sparsecomp.benchmark.harness import ResultMismatch, Timing, check_same_result, crossover, measure
 
 
 # --------------------------------------------------------------------------------------------- crossover
@@ -164,7 +161,7 @@ def tiny_sweep(tmp_path_factory):
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("sweep")
     assert sweep_sparse.main(["--shapes", "64x48", "--batch", "1,3", "--sparsity", "0.5,0.9", "--repeats", "3",
-                              "--warmup", "1", "--min-sample-ms", "0", "--out", str(out)]) == 0
+                              "--warmup", "1", "--min-sample-ms", "0", "--bsr", "--out", str(out)]) == 0
     return out
 
 
@@ -179,9 +176,9 @@ def test_tiny_sweep_writes_results_and_plot(tiny_sweep, capsys):
         assert row["nnz"] == round(0.5 * 64 * 48) if row["sparsity"] == 0.5 else round(0.1 * 64 * 48)
         assert row["csr_variant"] in ("csr_linear", "csr_mm")
     assert {(c["batch"], c["method"]) for c in results["crossover"]} == {
-        (b, m) for b in (1, 3) for m in ("sparsecomp", "torch_csr", "structured")}
+        (b, m) for b in (1, 3) for m in sweep_sparse.CROSSOVER_METHODS}
     csv_lines = (tiny_sweep / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == 5 and csv_lines[0].startswith("shape,")
+    assert len(csv_lines) == 5 and csv_lines[0].startswith("case,shape,")
 
 
 def test_make_results_writes_and_refreshes_one_section(tiny_sweep, tmp_path):
@@ -191,7 +188,7 @@ def test_make_results_writes_and_refreshes_one_section(tiny_sweep, tmp_path):
     assert make_results.main(argv) == 0  # a rerun replaces its section instead of adding one
     text = md.read_text()
     assert text.count("<!-- BEGIN sparse_linear cpu-float32-") == 1 and text.count("<!-- END sparse_linear") == 1
-    assert "| 64x48 | 3 | 0.9 |" in text and "](sparse_cpu_speedup.png)" in text
+    assert "| 64x48 | 64x48 | 3 | 3 | 0.9 |" in text and "](sparse_cpu_speedup.png)" in text
     assert plot.stat().st_size > 0
     other = make_results.upsert_section(text, "<!-- BEGIN other -->\nx\n<!-- END other -->\n", "other")
     assert other.count("<!-- BEGIN") == 2

@@ -3,7 +3,9 @@ from .binary_conv import BinaryConv2d
 from .binary_linear import BinaryLinear
 from .codebook_conv import CodebookConv2d
 from .codebook_linear import CodebookLinear
+from .row_sparse import RowSparseConv2d, RowSparseLinear
 from .sparse_conv import SparseConv2d
 from .sparse_linear import SparseLinear
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "CodebookConv2d", "CodebookLinear", "SparseConv2d", "SparseLinear"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "CodebookConv2d", "CodebookLinear", "RowSparseConv2d", "RowSparseLinear",
+           "SparseConv2d", "SparseLinear"]
