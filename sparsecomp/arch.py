@@ -92,6 +92,8 @@ def _prepare(model: nn.Module, inplace: bool) -> nn.Module:
 
 
 def _check_skip(model: nn.Module, skip) -> set:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(skip, str):
         skip = (skip,)
     skip = set(skip)
@@ -115,9 +117,15 @@ def _output_sizes(model: nn.Module, example_inputs, types) -> dict[str, torch.Si
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     sizes, hooks = {}, []
+
+    def record(name):
+        def hook(module, inputs, output):  # returns None: the output is left as it is
+            sizes.setdefault(name, output.shape)
+        return hook
+
     for name, m in model.named_modules():
         if type(m) in types:
-            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: sizes.setdefault(name, o.shape)))
+            hooks.append(m.register_forward_hook(record(name)))
     was = model.training
     model.eval()
     try:
