@@ -63,20 +63,20 @@ def test_fused_equals_torch_at_eval(builder, dtype, gen, monkeypatch):
 
 
 def test_digits_model_trains():
+    """Training mode runs the torch path with batch-statistics BN: it can fit a batch of digits."""
     train, _ = digits(images=True)
     torch.manual_seed(0)
-    model = mobilenet_v2_digits()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    model.train()
+    model = mobilenet_v2_digits().train()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    x, y = train.x[:32], train.y[:32]
     losses = []
-    gen = torch.Generator().manual_seed(0)
-    for step, (x, y) in zip(range(40), train.batches(64, generator=gen)):
+    for _ in range(20):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(width_mult=0), "width_mult"), (dict(num_classes=0), "num_classes"),
