@@ -1,0 +1,176 @@
+// CPU binding of dwpw_conv2d: out = act(pw(mid_act(depthwise(x) * scale + shift)) + bias) in one pass.
+//
+// x NCHW-contiguous or channels_last (the output keeps that format); any other strides are first made
+// NCHW-contiguous. float32 runs the vector kernels of the active ISA; float64 runs the portable kernel (for
+// gradcheck and float64 references). Work is split into tiles of (image, output rows, output-channel block),
+// each computing its depthwise tile into per-thread scratch that stays in L2 (csrc/cpu/dwpw.h).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+
+#include "../cpu/cpu_features.h"
+#include "../cpu/dwpw.h"
+#include "dwpw_checks.h"
+
+namespace sparsecomp {
+namespace {
+
+using cpu::DwpwShape;
+
+// Depthwise tile per thread. L2 here is 2 MiB per core; a tile of about a quarter of it leaves room for the
+// pointwise weights and the input rows, and is still large enough (dozens of output rows at 112x112 and C = 32)
+// that the micro-GEMM runs on long pixel runs.
+constexpr int64_t kMidBudgetBytes = 512 << 10;
+// Below this many multiply-adds a call stays on the calling thread (waking the team costs more).
+constexpr int64_t kSerialMacs = 1 << 17;
+
+template <typename T>
+cpu::DwpwPacked<T> pack_operands(const DwpwShape& s, const at::Tensor& dw, const at::Tensor& scale,
+                                 const at::Tensor& shift, const at::Tensor& pw, const at::Tensor& bias,
+                                 at::Tensor& storage) {
+  const int64_t C = s.c, O = s.o, cp = s.c_pad(), op = s.o_pad(), kk = s.k * s.k;
+  const int64_t n_dw = s.channels_last ? kk * cp : 0, n_pw = s.channels_last ? op * C : 0;
+  storage = at::empty({n_dw + 2 * cp + op + n_pw}, dw.options());
+  T* dwp = storage.data_ptr<T>();
+  T* sc = dwp + n_dw;
+  T* sh = sc + cp;
+  T* bi = sh + cp;
+  T* pwp = bi + op;
+  const T* dws = dw.data_ptr<T>();
+  const T* pws = pw.data_ptr<T>();
+  const T* scs = scale.defined() ? scale.data_ptr<T>() : nullptr;
+  const T* shs = shift.defined() ? shift.data_ptr<T>() : nullptr;
+  const T* bis = bias.defined() ? bias.data_ptr<T>() : nullptr;
+  for (int64_t c = 0; c < cp; ++c) {
+    sc[c] = c < C && scs ? scs[c] : T(1);
+    sh[c] = c < C && shs ? shs[c] : T(0);
+  }
+  for (int64_t o = 0; o < op; ++o) bi[o] = o < O && bis ? bis[o] : T(0);
+  if (!s.channels_last) return {dws, sc, sh, pws, bi};
+  for (int64_t t = 0; t < kk; ++t)
+    for (int64_t c = 0; c < cp; ++c) dwp[t * cp + c] = c < C ? dws[c * kk + t] : T(0);
+  // pw [O][C] -> 64-wide blocks [C][bw] of its transpose, zero columns past O.
+  const int64_t blocks = (op + cpu::kDwpwColBlock - 1) / cpu::kDwpwColBlock;
+  at::parallel_for(0, blocks, op * C < (1 << 16) ? blocks : 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = b * cpu::kDwpwColBlock, bw = std::min(cpu::kDwpwColBlock, op - start);
+      T* blk = pwp + start * C;
+      for (int64_t j = 0; j < bw; ++j) {
+        const int64_t o = start + j;
+        if (o < O) {
+          const T* row = pws + o * C;
+          for (int64_t c = 0; c < C; ++c) blk[c * bw + j] = row[c];
+        } else {
+          for (int64_t c = 0; c < C; ++c) blk[c * bw + j] = T(0);
+        }
+      }
+    }
+  });
+  return {dwp, sc, sh, pwp, bi};
+}
+
+void run_tile(const DwpwShape& s, const cpu::DwpwPacked<float>& p, const float* x, float* out, int64_t oy0,
+              int64_t oy1, int64_t o0, int64_t o1, float* scratch, cpu::Isa isa) {
+  switch (isa) {
+    case cpu::Isa::Avx512: return cpu::dwpw_tile_avx512(s, p, x, out, oy0, oy1, o0, o1, scratch);
+    case cpu::Isa::Avx2: return cpu::dwpw_tile_avx2(s, p, x, out, oy0, oy1, o0, o1, scratch);
+    default: return cpu::dwpw_tile_portable(s, p, x, out, oy0, oy1, o0, o1, scratch);
+  }
+}
+
+void run_tile(const DwpwShape& s, const cpu::DwpwPacked<double>& p, const double* x, double* out, int64_t oy0,
+              int64_t oy1, int64_t o0, int64_t o1, double* scratch, cpu::Isa) {
+  cpu::dwpw_tile_portable(s, p, x, out, oy0, oy1, o0, o1, scratch);
+}
+
+struct Tiling {
+  int64_t rows;      // output rows per tile
+  int64_t n_tiles;   // row tiles per image
+  int64_t o_block;   // output channels per task (a multiple of the granule, or all)
+  int64_t n_oblocks;
+};
+
+// Tiles as large as the scratch budget allows; when images x row tiles cannot keep every thread busy (batch 1
+// at 7x7), the output channels are split too (each block recomputes its tile's depthwise stage, a small
+// fraction of the pointwise work there), or else the rows.
+Tiling choose_tiling(const DwpwShape& s, int64_t n, int64_t elem_bytes, int64_t threads) {
+  const int64_t row_bytes = elem_bytes * s.ow * (s.channels_last ? s.c_pad() : s.c);
+  const int64_t max_rows = std::clamp<int64_t>(kMidBudgetBytes / std::max<int64_t>(row_bytes, 1), 1, s.oh);
+  int64_t n_tiles = (s.oh + max_rows - 1) / max_rows;
+  const int64_t g = s.o_granule();
+  int64_t n_ob = 1;
+  if (n * n_tiles < threads) {
+    const int64_t want = (threads + n * n_tiles - 1) / (n * n_tiles);
+    const int64_t granules = (s.o + g - 1) / g;
+    if (granules >= 2 * want) n_ob = want;                   // enough output channels for even blocks
+    else n_tiles = std::min(s.oh, (threads + n - 1) / n);    // split the rows instead
+  }
+  const int64_t rows = (s.oh + n_tiles - 1) / n_tiles;
+  n_tiles = (s.oh + rows - 1) / rows;
+  const int64_t granules = (s.o + g - 1) / g;
+  const int64_t o_block = (granules + n_ob - 1) / n_ob * g;
+  return {rows, n_tiles, o_block, (s.o + o_block - 1) / o_block};
+}
+
+template <typename T>
+void dwpw_run(const DwpwShape& s, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& scale,
+              const at::Tensor& shift, const at::Tensor& pw, const at::Tensor& bias, at::Tensor& out) {
+  at::Tensor storage;
+  const cpu::DwpwPacked<T> p = pack_operands<T>(s, dw, scale, shift, pw, bias, storage);
+  const int64_t n = x.size(0);
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const Tiling t = choose_tiling(s, n, sizeof(T), threads);
+  const int64_t tasks = n * t.n_tiles * t.n_oblocks;
+  const int64_t macs = n * s.oh * s.ow * s.c * (s.k * s.k + s.o);
+  const int64_t scratch_elems = s.scratch_elems(t.rows);
+  const T* xp = x.data_ptr<T>();
+  T* yp = out.data_ptr<T>();
+  const int64_t x_img = s.c * s.h * s.w, y_img = s.o * s.oh * s.ow;
+  const cpu::Isa isa = cpu::active_isa();
+  at::parallel_for(0, tasks, macs < kSerialMacs ? tasks : 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor scratch = at::empty({scratch_elems}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    T* sp = scratch.data_ptr<T>();
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t ob = task % t.n_oblocks, rest = task / t.n_oblocks;
+      const int64_t tile = rest % t.n_tiles, img = rest / t.n_tiles;
+      const int64_t oy0 = tile * t.rows, oy1 = std::min(s.oh, oy0 + t.rows);
+      const int64_t o0 = ob * t.o_block, o1 = std::min(s.o, o0 + t.o_block);
+      run_tile(s, p, xp + img * x_img, yp + img * y_img, oy0, oy1, o0, o1, sp, isa);
+    }
+  });
+}
+
+at::Tensor dwpw_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& dw_weight,
+                           const c10::optional<at::Tensor>& dw_scale, const c10::optional<at::Tensor>& dw_shift,
+                           c10::string_view mid_activation, const at::Tensor& pw_weight,
+                           const c10::optional<at::Tensor>& pw_bias, c10::string_view activation,
+                           at::IntArrayRef stride, at::IntArrayRef padding) {
+  constexpr const char* op = "sparsecomp::dwpw_conv2d";
+  const DwpwShape s = check_dwpw_conv2d_args(op, x_in, dw_weight, dw_scale, dw_shift, std::string(mid_activation),
+                                             pw_weight, pw_bias, std::string(activation), stride, padding);
+  TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got x on ", x_in.device());
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
+              ": x must be float32 or float64 on CPU, got ", x_in.scalar_type());
+  const auto fmt = s.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const int64_t n = x_in.size(0);
+  at::Tensor out = at::empty({n, s.o, s.oh, s.ow}, x_in.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor dw = dw_weight.contiguous();
+  const at::Tensor pw = pw_weight.reshape({s.o, s.c}).contiguous();
+  const at::Tensor scale = dw_scale.has_value() ? dw_scale->contiguous() : at::Tensor();
+  const at::Tensor shift = dw_shift.has_value() ? dw_shift->contiguous() : at::Tensor();
+  const at::Tensor bias = pw_bias.has_value() ? pw_bias->contiguous() : at::Tensor();
+  if (x.scalar_type() == at::kFloat) dwpw_run<float>(s, x, dw, scale, shift, pw, bias, out);
+  else dwpw_run<double>(s, x, dw, scale, shift, pw, bias, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsecomp, CPU, m) { m.impl("dwpw_conv2d", &dwpw_conv2d_cpu); }
+
+}  // namespace sparsecomp
