@@ -76,4 +76,10 @@ void dwpw_tile_avx2(const DwpwShape& s, const DwpwPacked<float>& p, const float*
 void dwpw_tile_avx512(const DwpwShape& s, const DwpwPacked<float>& p, const float* x_img, float* out_img,
                       int64_t oy0, int64_t oy1, int64_t o0, int64_t o1, float* scratch);
 
+// channels_last pointwise weights: pw [O][C] -> pw_packed (layout above) for the 64-wide blocks [b0, b1).
+// The AVX2 version (8 x 8 register transposes) also serves AVX-512 CPUs.
+void dwpw_pack_pw_cl_portable(const DwpwShape& s, const float* pw, float* packed, int64_t b0, int64_t b1);
+void dwpw_pack_pw_cl_portable(const DwpwShape& s, const double* pw, double* packed, int64_t b0, int64_t b1);
+void dwpw_pack_pw_cl_avx2(const DwpwShape& s, const float* pw, float* packed, int64_t b0, int64_t b1);
+
 }  // namespace sparsecomp::cpu

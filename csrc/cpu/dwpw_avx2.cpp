@@ -42,9 +42,40 @@ struct Avx2Traits {
   }
   static V load_mask(const float* p, M m) { return _mm256_maskload_ps(p, m); }
   static void store_mask(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
+  static void deinterleave(const float* src, float* even, float* odd) {
+    const V a = _mm256_loadu_ps(src), b = _mm256_loadu_ps(src + 8);
+    // shuffle_ps works per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6]; the 64-bit permute restores the order.
+    const V e = _mm256_shuffle_ps(a, b, 0x88), o = _mm256_shuffle_ps(a, b, 0xDD);
+    _mm256_storeu_ps(even, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+    _mm256_storeu_ps(odd, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8)));
+  }
 };
 
+// dst[c][j] = src[j][c] for an 8 x 8 square: unpack pairs, shuffle quads, swap 128-bit halves.
+void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+}
+
 }  // namespace
+
+void dwpw_pack_pw_cl_avx2(const DwpwShape& s, const float* pw, float* packed, int64_t b0, int64_t b1) {
+  pack_pw_cl<float>(s, pw, packed, b0, b1, &transpose8x8);
+}
 
 void dwpw_tile_avx2(const DwpwShape& s, const DwpwPacked<float>& p, const float* x_img, float* out_img, int64_t oy0,
                     int64_t oy1, int64_t o0, int64_t o1, float* scratch) {
@@ -52,6 +83,9 @@ void dwpw_tile_avx2(const DwpwShape& s, const DwpwPacked<float>& p, const float*
 }
 
 #else  // not an x86 GCC/Clang build: the dispatcher never selects this.
+void dwpw_pack_pw_cl_avx2(const DwpwShape& s, const float* pw, float* packed, int64_t b0, int64_t b1) {
+  dwpw_pack_pw_cl_portable(s, pw, packed, b0, b1);
+}
 void dwpw_tile_avx2(const DwpwShape& s, const DwpwPacked<float>& p, const float* x_img, float* out_img, int64_t oy0,
                     int64_t oy1, int64_t o0, int64_t o1, float* scratch) {
   dwpw_tile_portable(s, p, x_img, out_img, oy0, oy1, o0, o1, scratch);

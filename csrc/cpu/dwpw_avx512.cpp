@@ -42,6 +42,13 @@ struct Avx512Traits {
   }
   static V load_mask(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
   static void store_mask(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static void deinterleave(const float* src, float* even, float* odd) {
+    const V a = _mm512_loadu_ps(src), b = _mm512_loadu_ps(src + 16);
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, ie, b));
+    _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, io, b));
+  }
 };
 
 }  // namespace

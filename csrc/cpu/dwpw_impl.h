@@ -5,7 +5,8 @@
 //
 // Traits provide: T (element), V (vector), M (lane mask), W (lanes), zero/set1/load/store/fma/add/mul,
 // max(a, b)/min(a, b) returning b when either is NaN (x86 maxps/minps semantics: NaN in b propagates),
-// mask(n) (first n lanes, n >= W: all), load_mask/store_mask, and the register-tile sizes:
+// mask(n) (first n lanes, n >= W: all), load_mask/store_mask, deinterleave(src, even, odd) (2 W elements
+// -> their W even- and W odd-indexed ones), and the register-tile sizes:
 //   kRowsNchw x kVecsNchw: NCHW micro-GEMM, output channels (broadcast weights) x pixel vectors; kRowsNchw
 //                          divides kDwpwRowBlock (o0 is a multiple of it);
 //   kRowsCl x kVecsCl:     channels_last micro-GEMM, pixels (broadcast activations) x output-channel vectors;
@@ -36,14 +37,21 @@ inline typename Tr::V dwpw_activate(typename Tr::V v, DwpwAct act) {
 }
 
 // ------------------------------------------------------------------------------------------ NCHW depthwise
-// dst[j] = row[j - pad] inside the row, 0 outside, for j < len.
+// dst[j] = row[j - pad] inside the row, 0 outside, for j < len. Plain loops, not memcpy/fill: the rows are
+// short (7 floats at 7x7) and a library call per row costs more than the copy.
 template <typename T>
 inline void padded_row(const T* row, int64_t w, int64_t pad, T* dst, int64_t len) {
   const int64_t left = std::min(pad, len);
-  std::fill(dst, dst + left, T(0));
   const int64_t n = std::max<int64_t>(0, std::min(w, len - pad));
-  if (n > 0) std::memcpy(dst + pad, row, n * sizeof(T));
-  std::fill(dst + left + n, dst + len, T(0));
+  for (int64_t j = 0; j < left; ++j) dst[j] = T(0);
+  for (int64_t j = 0; j < n; ++j) dst[left + j] = row[j];
+  for (int64_t j = left + n; j < len; ++j) dst[j] = T(0);
+}
+
+// even[j] = src[2j], odd[j] = src[2j + 1] for j < len (len a multiple of W; src holds 2 len elements).
+template <class Tr>
+inline void split_phases2(const typename Tr::T* src, typename Tr::T* even, typename Tr::T* odd, int64_t len) {
+  for (int64_t j = 0; j < len; j += Tr::W) Tr::deinterleave(src + 2 * j, even + j, odd + j);
 }
 
 // NV vectors of one output row: taps in (ky, kx) order, then scale/shift and the mid activation.
@@ -84,10 +92,9 @@ void dw_nchw(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const type
       T* dst = phases + r * row_stride;
       if (s.sw == 1) {
         padded_row(xc + iy * s.w, s.w, s.pw, dst, lp);
-      } else {
-        padded_row(xc + iy * s.w, s.w, s.pw, padded, s.sw * lp);
-        for (int64_t ph = 0; ph < s.sw; ++ph)
-          for (int64_t j = 0; j < lp; ++j) dst[ph * lp + j] = padded[j * s.sw + ph];
+      } else {  // stride 2 (the checks allow 1 and 2)
+        padded_row(xc + iy * s.w, s.w, s.pw, padded, 2 * lp);
+        split_phases2<Tr>(padded, dst, dst + lp, lp);
       }
     }
     const T* wk = p.dw + c * kk;
@@ -303,6 +310,30 @@ void pw_cl(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const typena
         case 3: gemm_cl_nv<Tr, 3>(nv, C, m, cp, w, bw, bias, o, O, o_valid, s.act); break;
         case 4: gemm_cl_nv<Tr, 4>(nv, C, m, cp, w, bw, bias, o, O, o_valid, s.act); break;
         default: gemm_cl_nv<Tr, 5>(nv, C, m, cp, w, bw, bias, o, O, o_valid, s.act); break;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------- weight packing
+// Blocks [b0, b1) of the channels_last pointwise weights (dwpw.h). Transpose8 (nullptr: none) transposes an
+// 8 x 8 square (src rows lds apart -> dst rows ldd apart); squares cut by C or O are copied one by one.
+template <typename T, class Transpose8>
+void pack_pw_cl(const DwpwShape& s, const T* pw, T* packed, int64_t b0, int64_t b1, Transpose8 transpose8) {
+  const int64_t C = s.c, O = s.o, op = s.o_pad();
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * kDwpwColBlock, bw = std::min(kDwpwColBlock, op - start);
+    T* blk = packed + start * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 8) {
+      for (int64_t j0 = 0; j0 < bw; j0 += 8) {
+        if (transpose8 && c0 + 8 <= C && start + j0 + 8 <= O) {
+          transpose8(pw + (start + j0) * C + c0, C, blk + c0 * bw + j0, bw);
+          continue;
+        }
+        for (int64_t j = j0; j < j0 + 8; ++j) {
+          const int64_t o = start + j;
+          for (int64_t c = c0; c < std::min(C, c0 + 8); ++c) blk[c * bw + j] = o < O ? pw[o * C + c] : T(0);
+        }
       }
     }
   }

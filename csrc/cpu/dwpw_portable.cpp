@@ -26,9 +26,21 @@ struct ScalarTraits {
   static void store_mask(T* p, V v, M m) {
     if (m) *p = v;
   }
+  static void deinterleave(const T* src, T* even, T* odd) {
+    *even = src[0];
+    *odd = src[1];
+  }
 };
 
 }  // namespace
+
+void dwpw_pack_pw_cl_portable(const DwpwShape& s, const float* pw, float* packed, int64_t b0, int64_t b1) {
+  pack_pw_cl<float>(s, pw, packed, b0, b1, static_cast<void (*)(const float*, int64_t, float*, int64_t)>(nullptr));
+}
+
+void dwpw_pack_pw_cl_portable(const DwpwShape& s, const double* pw, double* packed, int64_t b0, int64_t b1) {
+  pack_pw_cl<double>(s, pw, packed, b0, b1, static_cast<void (*)(const double*, int64_t, double*, int64_t)>(nullptr));
+}
 
 void dwpw_tile_portable(const DwpwShape& s, const DwpwPacked<float>& p, const float* x_img, float* out_img,
                         int64_t oy0, int64_t oy1, int64_t o0, int64_t o1, float* scratch) {

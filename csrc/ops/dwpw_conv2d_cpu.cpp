@@ -9,7 +9,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "../cpu/cpu_features.h"
 #include "../cpu/dwpw.h"
@@ -27,14 +30,28 @@ constexpr int64_t kMidBudgetBytes = 512 << 10;
 // Below this many multiply-adds a call stays on the calling thread (waking the team costs more).
 constexpr int64_t kSerialMacs = 1 << 17;
 
+enum BufferSlot { kPackedSlot = 0, kScratchSlot = 1 };
+
+// A grow-only, 64-byte aligned buffer per thread and slot, reused across calls. A fresh allocation per call
+// was measured to cost more than the convolution at 1024@7->1024 (the kernel zeroes the new pages of a
+// multi-MiB block on first touch). The packed operands live in the calling thread's slot 0 for the call;
+// every worker (the calling thread included) uses its own slot 1 for scratch.
+template <typename T>
+T* thread_buffer(BufferSlot slot, int64_t elems) {
+  thread_local std::vector<T> buffers[2];
+  std::vector<T>& b = buffers[slot];
+  const size_t want = static_cast<size_t>(elems) + 64 / sizeof(T);
+  if (b.size() < want) b.resize(want);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<T*>((p + 63) & ~static_cast<uintptr_t>(63));
+}
+
 template <typename T>
 cpu::DwpwPacked<T> pack_operands(const DwpwShape& s, const at::Tensor& dw, const at::Tensor& scale,
-                                 const at::Tensor& shift, const at::Tensor& pw, const at::Tensor& bias,
-                                 at::Tensor& storage) {
+                                 const at::Tensor& shift, const at::Tensor& pw, const at::Tensor& bias) {
   const int64_t C = s.c, O = s.o, cp = s.c_pad(), op = s.o_pad(), kk = s.k * s.k;
   const int64_t n_dw = s.channels_last ? kk * cp : 0, n_pw = s.channels_last ? op * C : 0;
-  storage = at::empty({n_dw + 2 * cp + op + n_pw}, dw.options());
-  T* dwp = storage.data_ptr<T>();
+  T* dwp = thread_buffer<T>(kPackedSlot, n_dw + 2 * cp + op + n_pw);
   T* sc = dwp + n_dw;
   T* sh = sc + cp;
   T* bi = sh + cp;
@@ -52,22 +69,13 @@ cpu::DwpwPacked<T> pack_operands(const DwpwShape& s, const at::Tensor& dw, const
   if (!s.channels_last) return {dws, sc, sh, pws, bi};
   for (int64_t t = 0; t < kk; ++t)
     for (int64_t c = 0; c < cp; ++c) dwp[t * cp + c] = c < C ? dws[c * kk + t] : T(0);
-  // pw [O][C] -> 64-wide blocks [C][bw] of its transpose, zero columns past O.
   const int64_t blocks = (op + cpu::kDwpwColBlock - 1) / cpu::kDwpwColBlock;
+  const bool vector_pack = std::is_same_v<T, float> && cpu::active_isa() != cpu::Isa::Scalar;
   at::parallel_for(0, blocks, op * C < (1 << 16) ? blocks : 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t start = b * cpu::kDwpwColBlock, bw = std::min(cpu::kDwpwColBlock, op - start);
-      T* blk = pwp + start * C;
-      for (int64_t j = 0; j < bw; ++j) {
-        const int64_t o = start + j;
-        if (o < O) {
-          const T* row = pws + o * C;
-          for (int64_t c = 0; c < C; ++c) blk[c * bw + j] = row[c];
-        } else {
-          for (int64_t c = 0; c < C; ++c) blk[c * bw + j] = T(0);
-        }
-      }
+    if constexpr (std::is_same_v<T, float>) {
+      if (vector_pack) return cpu::dwpw_pack_pw_cl_avx2(s, pws, pwp, b0, b1);
     }
+    cpu::dwpw_pack_pw_cl_portable(s, pws, pwp, b0, b1);
   });
   return {dwp, sc, sh, pwp, bi};
 }
@@ -118,8 +126,7 @@ Tiling choose_tiling(const DwpwShape& s, int64_t n, int64_t elem_bytes, int64_t 
 template <typename T>
 void dwpw_run(const DwpwShape& s, const at::Tensor& x, const at::Tensor& dw, const at::Tensor& scale,
               const at::Tensor& shift, const at::Tensor& pw, const at::Tensor& bias, at::Tensor& out) {
-  at::Tensor storage;
-  const cpu::DwpwPacked<T> p = pack_operands<T>(s, dw, scale, shift, pw, bias, storage);
+  const cpu::DwpwPacked<T> p = pack_operands<T>(s, dw, scale, shift, pw, bias);
   const int64_t n = x.size(0);
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const Tiling t = choose_tiling(s, n, sizeof(T), threads);
@@ -131,8 +138,7 @@ void dwpw_run(const DwpwShape& s, const at::Tensor& x, const at::Tensor& dw, con
   const int64_t x_img = s.c * s.h * s.w, y_img = s.o * s.oh * s.ow;
   const cpu::Isa isa = cpu::active_isa();
   at::parallel_for(0, tasks, macs < kSerialMacs ? tasks : 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor scratch = at::empty({scratch_elems}, x.options().memory_format(at::MemoryFormat::Contiguous));
-    T* sp = scratch.data_ptr<T>();
+    T* sp = thread_buffer<T>(kScratchSlot, scratch_elems);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t ob = task % t.n_oblocks, rest = task / t.n_oblocks;
       const int64_t tile = rest % t.n_tiles, img = rest / t.n_tiles;
