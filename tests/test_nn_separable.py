@@ -219,7 +219,10 @@ def test_path_selection(gen, monkeypatch):
     with torch.no_grad():
         assert m4.path_for(x) == ("torch", "no fused kernel for kernel_size=4, stride=1")
         out = m4(x)
-    assert out.shape == (3, 16, 9, 7)
+        assert out.shape == (3, 16, 9, 7)
+        m_pad = DepthwiseSeparableConv2d(8, 16, 3, 1, 3).eval()
+        assert m_pad.path_for(x)[1] == "no fused kernel for padding (3, 3) >= kernel_size=3"
+        assert m_pad(x).shape == (3, 16, 16, 14)
 
 
 def test_extra_repr_names_the_path():
@@ -292,6 +295,7 @@ def test_from_modules_type_errors():
     (dict(kernel_size=0), "positive"),
     (dict(kernel_size=4, fused=True), "fused=True needs kernel_size"),
     (dict(stride=3, fused=True), "stride in"),
+    (dict(padding=3, fused=True), "padding < kernel_size"),
     (dict(fused="yes"), "fused must be"),
     (dict(mid_activation="gelu"), "mid_activation must be one of"),
     (dict(padding="same", stride=2), "padding='same'"),

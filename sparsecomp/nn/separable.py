@@ -113,9 +113,10 @@ class DepthwiseSeparableConv2d(nn.Module):
         self.kernel_size, self.stride, self.padding = k, s, _padding(padding, k, s)
         self.mid_activation = activation_name(mid_activation, "mid_activation")
         self.activation = activation_name(activation, "activation")
-        if fused is True and (k not in FUSED_KERNEL_SIZES or s not in FUSED_STRIDES):
-            raise ValueError(f"fused=True needs kernel_size in {FUSED_KERNEL_SIZES} and stride in {FUSED_STRIDES}, "
-                             f"got kernel_size={k}, stride={s} (use fused='auto' or False)")
+        if fused is True and (k not in FUSED_KERNEL_SIZES or s not in FUSED_STRIDES or max(self.padding) >= k):
+            raise ValueError(f"fused=True needs kernel_size in {FUSED_KERNEL_SIZES}, stride in {FUSED_STRIDES} and "
+                             f"padding < kernel_size, got kernel_size={k}, stride={s}, padding={self.padding} (use "
+                             f"fused='auto' or False)")
         self.fused = fused
         fk = {"device": device, "dtype": dtype}
         self.dw_weight = nn.Parameter(torch.empty(in_channels, 1, k, k, **fk))
@@ -285,6 +286,8 @@ class DepthwiseSeparableConv2d(nn.Module):
             return "torch", "training / gradients needed (fused='auto' fuses at inference only)"
         if self.kernel_size not in FUSED_KERNEL_SIZES or self.stride not in FUSED_STRIDES:
             return "torch", f"no fused kernel for kernel_size={self.kernel_size}, stride={self.stride}"
+        if max(self.padding) >= self.kernel_size:
+            return "torch", f"no fused kernel for padding {self.padding} >= kernel_size={self.kernel_size}"
         dev = x.device.type
         if dev == "cuda":
             return "torch", "CUDA: no measured fusion policy (fused=True forces the CUDA kernel)"
@@ -340,9 +343,10 @@ class DepthwiseSeparableConv2d(nn.Module):
             parts.append("fused=False (torch convs always)")
         elif self.fused is True:
             parts.append("fused=True (fused op always, BN folded; torch convs only while BN trains)")
-        elif self.kernel_size not in FUSED_KERNEL_SIZES or self.stride not in FUSED_STRIDES:
+        elif (self.kernel_size not in FUSED_KERNEL_SIZES or self.stride not in FUSED_STRIDES
+              or max(self.padding) >= self.kernel_size):
             parts.append(f"fused=auto (torch convs: no fused kernel for kernel_size={self.kernel_size}, "
-                         f"stride={self.stride})")
+                         f"stride={self.stride}, padding={self.padding})")
         else:
             parts.append("fused=auto (fused op at inference where the measured policy says fusion wins, torch convs "
                          "while training and where fusion loses)")
