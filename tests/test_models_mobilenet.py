@@ -66,11 +66,11 @@ def test_digits_model_trains():
     """Training mode runs the torch path with batch-statistics BN: it can fit a batch of digits."""
     train, _ = digits(images=True)
     torch.manual_seed(0)
-    model = mobilenet_v2_digits().train()
+    model = mobilenet_v2_digits(width_mult=0.5).train()
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     x, y = train.x[:32], train.y[:32]
     losses = []
-    for _ in range(20):
+    for _ in range(15):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()

@@ -236,11 +236,15 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     # ------------------------------------------------------------------------------------------ folding
     def _fold_sources(self) -> list[torch.Tensor]:
-        ts = [self.dw_weight, self.pw_weight, self.dw_bias, self.pw_bias]
-        for bn in (self.bn, self.pw_bn):
+        # Straight from the registries: nn.Module.__getattr__ on a dozen names costs more than the fused op of a
+        # small layer.
+        ts = [t for t in self._parameters.values() if t is not None]
+        for name in ("bn", "pw_bn"):
+            bn = self._modules.get(name)
             if bn is not None:
-                ts += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        return [t for t in ts if t is not None]
+                ts += [t for t in bn._parameters.values() if t is not None]
+                ts += [bn._buffers["running_mean"], bn._buffers["running_var"]]
+        return ts
 
     def _compute_folded(self):
         """(dw_scale | None, dw_shift | None, pw_weight [O, C], pw_bias | None) of the op, BNs at running stats."""
@@ -260,7 +264,8 @@ class DepthwiseSeparableConv2d(nn.Module):
         if torch.compiler.is_compiling():  # the compiled graph computes (and fuses) the folding itself
             return self._compute_folded()
         # Cached between calls: the folding is ~10 small ops, comparable to a small layer's fused op.
-        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in self._fold_sources())
+        srcs = self._fold_sources()
+        key = tuple((t._version, t.data_ptr(), t.dtype) for t in srcs) + (srcs[0].device,)
         key += tuple(bn.eps for bn in (self.bn, self.pw_bn) if bn is not None)
         if self._fold_cache is None or self._fold_cache[0] != key:
             with torch.no_grad():
@@ -276,13 +281,16 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     def path_for(self, x: torch.Tensor) -> tuple[str, str]:
         """("fused" | "torch", why) for input ``x`` in the module's current mode and grad state."""
+        return self._decide(x, self._needs_grad(x))
+
+    def _decide(self, x: torch.Tensor, needs_grad: bool) -> tuple[str, str]:
         if self.fused is False:
             return "torch", "fused=False"
         if self._bn_training():
             return "torch", "BatchNorm uses batch statistics while training (cannot be folded)"
         if self.fused is True:
             return "fused", "fused=True"
-        if self.training or self._needs_grad(x):
+        if self.training or needs_grad:
             return "torch", "training / gradients needed (fused='auto' fuses at inference only)"
         if self.kernel_size not in FUSED_KERNEL_SIZES or self.stride not in FUSED_STRIDES:
             return "torch", f"no fused kernel for kernel_size={self.kernel_size}, stride={self.stride}"
@@ -308,12 +316,14 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if self.path_for(x)[0] == "fused":
-            return self._forward_fused(x)
+        needs_grad = self._needs_grad(x)
+        if self._decide(x, needs_grad)[0] == "fused":
+            return self._forward_fused(x, needs_grad)
         return self._forward_torch(x)
 
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift, pw_w, pw_b = self._folded() if not self._needs_grad(x) else self._compute_folded()
+    def _forward_fused(self, x: torch.Tensor, needs_grad: bool) -> torch.Tensor:
+        # With autograd the folding must be part of the graph (grads reach the BN parameters); without, cached.
+        scale, shift, pw_w, pw_b = self._compute_folded() if needs_grad else self._folded()
         return torch.ops.sparsecomp.dwpw_conv2d(x, self.dw_weight, scale, shift, self.mid_activation, pw_w, pw_b,
                                                 self.activation, [self.stride, self.stride], list(self.padding))
 
