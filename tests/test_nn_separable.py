@@ -332,10 +332,28 @@ def test_state_dict_round_trip(gen, tmp_path):
         DepthwiseSeparableConv2d(6, 10, 3).load_state_dict(a.state_dict())
 
 
-def test_compile_fullgraph_at_eval(gen):
-    m = make(8, 12, 3, 2, 1, gen, mid_activation="relu6", activation="relu", bn=True, pw_bn=True, fused=True)
+@pytest.mark.parametrize("fused", [True, "auto"])
+def test_compile_fullgraph_at_eval(fused, gen, monkeypatch):
+    monkeypatch.setattr(separable_mod, "should_fuse", lambda *a: True)
+    m = make(8, 12, 3, 2, 1, gen, mid_activation="relu6", activation="relu", bn=True, pw_bn=True, fused=fused)
     x = torch.randn(2, 8, 10, 10, generator=gen)
     compiled = torch.compile(m, fullgraph=True)
     with torch.no_grad():
         want = m(x)
         torch.testing.assert_close(compiled(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_graph_contains_the_fused_op(gen, monkeypatch):
+    monkeypatch.setattr(separable_mod, "should_fuse", lambda *a: True)
+    m = make(6, 10, 5, 1, 2, gen, mid_activation="hardswish", bn=True)
+    targets = []
+
+    def recording_backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes)
+        return gm.forward
+
+    x = torch.randn(1, 6, 9, 9, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(m, fullgraph=True, backend=recording_backend)(x), m(x))
+    assert any("dwpw_conv2d" in t for t in targets), targets
+    assert not any("conv2d" in t and "dwpw" not in t for t in targets), targets
