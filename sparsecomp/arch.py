@@ -257,6 +257,8 @@ def low_rank(model: nn.Module, *, energy: float = 0.9, rank: int | None = None, 
     FLOPs need ``example_inputs`` (they scale with the rows of the input). Returns (model, report)."""
     if isinstance(min_features, bool) or not isinstance(min_features, int) or min_features < 1:
         raise ValueError(f"min_features must be a positive int, got {min_features!r}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive int or None, got {rank!r}")
     skip = _check_skip(model, skip)
     sizes = _output_sizes(model, example_inputs, (nn.Linear,))
     model = _prepare(model, inplace)
@@ -271,6 +273,8 @@ def low_rank(model: nn.Module, *, energy: float = 0.9, rank: int | None = None, 
             why = "in skip"
         elif min(lin.in_features, lin.out_features) < min_features:
             why = f"min(in, out)={min(lin.in_features, lin.out_features)} < min_features={min_features}"
+        elif rank is not None and rank >= min(lin.in_features, lin.out_features):
+            why = f"rank {rank} >= min(in, out)={min(lin.in_features, lin.out_features)}"
         else:
             why = None
         new = None

@@ -193,3 +193,11 @@ def test_low_rank_errors():
         sc.arch.low_rank(mlp(), min_features=0, report=False)
     with pytest.raises(ValueError, match="skip names"):
         sc.arch.low_rank(mlp(), skip="9", report=False)
+    with pytest.raises(ValueError, match="rank must be"):
+        sc.arch.low_rank(mlp(), rank=0, report=False)
+
+
+def test_low_rank_skips_layers_narrower_than_the_rank():
+    new, rep = sc.arch.low_rank(mlp(), rank=10, min_features=1, report=False)
+    assert type(new[4]) is nn.Linear and rep.layers[2].kind == "kept: rank 10 >= min(in, out)=10"
+    assert isinstance(new[0], LowRankLinear) and new[0].rank == 10
