@@ -128,8 +128,9 @@ def test_geometry(cpu_isa, channels_last, gen):
 def test_large_tiles_and_channel_blocks(cpu_isa, gen):
     # Several row tiles per image (C * W large against the per-thread scratch budget), output channels past
     # one 64-wide block, channel counts off the vector width, stride 2 with odd sizes.
-    # 300 channels x 61 columns fill the 512 KiB budget in 7 rows: 2 tiles at 10 rows (5 at stride 2, 5x5).
-    for (n, c, h, w, o, k, s, p) in [(1, 300, 10, 61, 70, 3, 1, 1), (1, 301, 19, 57, 129, 5, 2, 2),
+    # 300 channels x 61 columns fill the 512 KiB scratch budget in 7 rows: 2 tiles per 10-row image in NCHW; in
+    # channels_last the tiles run through the batch, so the second one spans images 0 and 1.
+    for (n, c, h, w, o, k, s, p) in [(2, 300, 10, 61, 70, 3, 1, 1), (1, 301, 19, 57, 129, 5, 2, 2),
                                      (2, 40, 29, 29, 17, 7, 2, 3)]:
         x, dw, sc, sh, pw, b = make(n, c, h, w, o, k, gen)
         for cl in (False, True):

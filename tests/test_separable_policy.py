@@ -17,7 +17,8 @@ from sparsecomp.nn._separable_policy import should_fuse
     (8, 960, 160, 7, 1, False, False),
     (8, 1024, 1024, 7, 1, False, True),    # ... widening / wide pointwise: fused
     (8, 128, 512, 7, 1, False, True),
-    (1, 960, 160, 7, 1, False, True),      # NCHW batch 1 fuses
+    (1, 512, 128, 7, 1, False, True),      # NCHW batch 1 fuses unless the output is much narrower
+    (1, 960, 160, 7, 1, False, False),
     (8, 960, 160, 14, 2, False, False),    # stride 2 to 7x7 counts as a 7x7 map
 ])
 def test_measured_decisions(n, c, o, hw, stride, channels_last, expected):

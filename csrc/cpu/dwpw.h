@@ -64,9 +64,12 @@ struct DwpwPacked {
   const T* bias;
 };
 
-// x_img: one image ([C][H][W] or [H][W][C]); out_img: its output ([O][OH][OW] or [OH][OW][O]). o0 is a multiple
-// of shape.o_granule(); o1 is one too or equals O. scratch: shape.scratch_elems(oy1 - oy0) elements, 64-byte
-// aligned.
+// NCHW: x_img is one image [C][H][W], out_img its output [O][OH][OW], and output rows 0 <= oy0 < oy1 <= OH.
+// channels_last: x_img and out_img are the whole batch ([N][H][W][C], [N][OH][OW][O]) and the rows count through
+// it (row r is row r % OH of image r / OH), so that one tile may span images: at 7x7 that fills the
+// micro-GEMM's pixel groups and amortizes its weight loads over several images.
+// o0 is a multiple of shape.o_granule(); o1 is one too or equals O. scratch: shape.scratch_elems(oy1 - oy0)
+// elements, 64-byte aligned.
 void dwpw_tile_portable(const DwpwShape& s, const DwpwPacked<float>& p, const float* x_img, float* out_img,
                         int64_t oy0, int64_t oy1, int64_t o0, int64_t o1, float* scratch);
 void dwpw_tile_portable(const DwpwShape& s, const DwpwPacked<double>& p, const double* x_img, double* out_img,

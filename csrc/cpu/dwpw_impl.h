@@ -169,13 +169,18 @@ void pw_nchw(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const type
     const typename Tr::T* w = p.pw + og * s.c;
     const typename Tr::T* bias = p.bias + og;
     typename Tr::T* out = out_img + og * ohw + oy0 * s.ow;
-    for (int64_t p0 = 0; p0 < P; p0 += NVM * W) {
-      const int64_t rem = P - p0, nv = std::min<int64_t>(NVM, (rem + W - 1) / W), n = std::min(rem, nv * W);
+    // Pixel vectors in chunks of at most NVM, spread evenly (49 pixels: 2 + 2 vectors, not 3 + 1: a 1-vector
+    // chunk loads 8 weights per 8 FMAs and is load-bound).
+    const int64_t vecs = (P + W - 1) / W, chunks = (vecs + NVM - 1) / NVM;
+    for (int64_t ci = 0, p0 = 0; ci < chunks; ++ci) {
+      const int64_t nv = (vecs * (ci + 1)) / chunks - (vecs * ci) / chunks;
+      const int64_t rem = P - p0, n = std::min(rem, nv * W);
       switch (nv) {
         case 1: gemm_nchw<Tr, 1>(s.c, mid + p0, ld, w, rv, bias, out + p0, ohw, n, s.act); break;
         case 2: gemm_nchw<Tr, 2>(s.c, mid + p0, ld, w, rv, bias, out + p0, ohw, n, s.act); break;
         default: gemm_nchw<Tr, NVM>(s.c, mid + p0, ld, w, rv, bias, out + p0, ohw, n, s.act);
       }
+      p0 += nv * W;
     }
   }
 }
@@ -212,12 +217,12 @@ void dw_cl_vector(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const
   const int64_t cp = s.c_pad();
   const typename Tr::V scale = Tr::load(p.scale + c0), shift = Tr::load(p.shift + c0);
   const typename Tr::T* wv = p.dw + c0;
-  const typename Tr::T* xc = x_img + c0;
   // Output columns whose taps all lie inside the row: [in_lo, in_hi).
   const int64_t in_lo = std::min(s.ow, (s.pw + s.sw - 1) / s.sw);
   const int64_t in_hi = s.w - s.k + s.pw >= 0 ? std::min(s.ow, (s.w - s.k + s.pw) / s.sw + 1) : 0;
-  for (int64_t oy = oy0; oy < oy1; ++oy) {
-    const int64_t top = oy * s.sh - s.ph;
+  for (int64_t oy = oy0; oy < oy1; ++oy) {  // rows of the whole batch: image oy / oh, its row oy % oh
+    const typename Tr::T* xc = x_img + (oy / s.oh) * s.h * s.w * s.c + c0;
+    const int64_t top = (oy % s.oh) * s.sh - s.ph;
     const int64_t ky0 = std::max<int64_t>(0, -top), ky1 = std::min<int64_t>(s.k, s.h - top);
     typename Tr::T* row = mid + (oy - oy0) * s.ow * cp + c0;
     auto single = [&](int64_t ox) {

@@ -95,32 +95,33 @@ void run_tile(const DwpwShape& s, const cpu::DwpwPacked<double>& p, const double
 }
 
 struct Tiling {
-  int64_t rows;      // output rows per tile
-  int64_t n_tiles;   // row tiles per image
-  int64_t o_block;   // output channels per task (a multiple of the granule, or all)
+  int64_t images;     // images with their own row tiles (NCHW: N; channels_last: 1, its rows run through the batch)
+  int64_t row_space;  // rows per such image (NCHW: OH; channels_last: N * OH)
+  int64_t rows;       // output rows per tile
+  int64_t n_tiles;    // row tiles per image
+  int64_t o_block;    // output channels per task (a multiple of the granule, or all)
   int64_t n_oblocks;
 };
 
-// Tiles as large as the scratch budget allows; when images x row tiles cannot keep every thread busy (batch 1
-// at 7x7), the output channels are split too (each block recomputes its tile's depthwise stage, a small
-// fraction of the pointwise work there), or else the rows.
+// Tiles as large as the scratch budget allows; when they cannot keep every thread busy (batch 1 at 7x7), the
+// output channels are split too (each block recomputes its tile's depthwise stage, a small fraction of the
+// pointwise work there), or else the rows.
 Tiling choose_tiling(const DwpwShape& s, int64_t n, int64_t elem_bytes, int64_t threads) {
+  const int64_t images = s.channels_last ? 1 : n, row_space = s.channels_last ? n * s.oh : s.oh;
   const int64_t row_bytes = elem_bytes * s.ow * (s.channels_last ? s.c_pad() : s.c);
-  const int64_t max_rows = std::clamp<int64_t>(kMidBudgetBytes / std::max<int64_t>(row_bytes, 1), 1, s.oh);
-  int64_t n_tiles = (s.oh + max_rows - 1) / max_rows;
-  const int64_t g = s.o_granule();
+  const int64_t max_rows = std::clamp<int64_t>(kMidBudgetBytes / std::max<int64_t>(row_bytes, 1), 1, row_space);
+  int64_t n_tiles = (row_space + max_rows - 1) / max_rows;
+  const int64_t g = s.o_granule(), granules = (s.o + g - 1) / g;
   int64_t n_ob = 1;
-  if (n * n_tiles < threads) {
-    const int64_t want = (threads + n * n_tiles - 1) / (n * n_tiles);
-    const int64_t granules = (s.o + g - 1) / g;
-    if (granules >= 2 * want) n_ob = want;                   // enough output channels for even blocks
-    else n_tiles = std::min(s.oh, (threads + n - 1) / n);    // split the rows instead
+  if (images * n_tiles < threads) {
+    const int64_t want = (threads + images * n_tiles - 1) / (images * n_tiles);
+    if (granules >= 2 * want) n_ob = want;                                // enough output channels for even blocks
+    else n_tiles = std::min(row_space, (threads + images - 1) / images);  // split the rows instead
   }
-  const int64_t rows = (s.oh + n_tiles - 1) / n_tiles;
-  n_tiles = (s.oh + rows - 1) / rows;
-  const int64_t granules = (s.o + g - 1) / g;
+  const int64_t rows = (row_space + n_tiles - 1) / n_tiles;
+  n_tiles = (row_space + rows - 1) / rows;
   const int64_t o_block = (granules + n_ob - 1) / n_ob * g;
-  return {rows, n_tiles, o_block, (s.o + o_block - 1) / o_block};
+  return {images, row_space, rows, n_tiles, o_block, (s.o + o_block - 1) / o_block};
 }
 
 template <typename T>
@@ -130,7 +131,7 @@ void dwpw_run(const DwpwShape& s, const at::Tensor& x, const at::Tensor& dw, con
   const int64_t n = x.size(0);
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const Tiling t = choose_tiling(s, n, sizeof(T), threads);
-  const int64_t tasks = n * t.n_tiles * t.n_oblocks;
+  const int64_t tasks = t.images * t.n_tiles * t.n_oblocks;
   const int64_t macs = n * s.oh * s.ow * s.c * (s.k * s.k + s.o);
   const int64_t scratch_elems = s.scratch_elems(t.rows);
   const T* xp = x.data_ptr<T>();
@@ -142,7 +143,7 @@ void dwpw_run(const DwpwShape& s, const at::Tensor& x, const at::Tensor& dw, con
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t ob = task % t.n_oblocks, rest = task / t.n_oblocks;
       const int64_t tile = rest % t.n_tiles, img = rest / t.n_tiles;
-      const int64_t oy0 = tile * t.rows, oy1 = std::min(s.oh, oy0 + t.rows);
+      const int64_t oy0 = tile * t.rows, oy1 = std::min(t.row_space, oy0 + t.rows);
       const int64_t o0 = ob * t.o_block, o1 = std::min(s.o, o0 + t.o_block);
       run_tile(s, p, xp + img * x_img, yp + img * y_img, oy0, oy1, o0, o1, sp, isa);
     }
