@@ -103,9 +103,9 @@ struct Tiling {
   int64_t n_oblocks;
 };
 
-// Tiles as large as the scratch budget allows; when they cannot keep every thread busy (batch 1 at 7x7), the
-// output channels are split too (each block recomputes its tile's depthwise stage, a small fraction of the
-// pointwise work there), or else the rows.
+// Tiles as large as the scratch budget allows; when they cannot keep every thread busy, the rows are split
+// further where there are enough of them (no work repeated), else the output channels (batch 1 at 7x7: each
+// block recomputes its tile's depthwise stage, a small fraction of the pointwise work there).
 Tiling choose_tiling(const DwpwShape& s, int64_t n, int64_t elem_bytes, int64_t threads) {
   const int64_t images = s.channels_last ? 1 : n, row_space = s.channels_last ? n * s.oh : s.oh;
   const int64_t row_bytes = elem_bytes * s.ow * (s.channels_last ? s.c_pad() : s.c);
@@ -115,8 +115,9 @@ Tiling choose_tiling(const DwpwShape& s, int64_t n, int64_t elem_bytes, int64_t 
   int64_t n_ob = 1;
   if (images * n_tiles < threads) {
     const int64_t want = (threads + images * n_tiles - 1) / (images * n_tiles);
-    if (granules >= 2 * want) n_ob = want;                                // enough output channels for even blocks
-    else n_tiles = std::min(row_space, (threads + images - 1) / images);  // split the rows instead
+    const int64_t row_tiles = (threads + images - 1) / images;
+    if (row_space >= 4 * row_tiles || granules < 2 * want) n_tiles = std::min(row_space, row_tiles);  // rows
+    else n_ob = want;  // few rows (7x7): output-channel blocks, even, at the price of repeating the depthwise
   }
   const int64_t rows = (row_space + n_tiles - 1) / n_tiles;
   n_tiles = (row_space + rows - 1) / rows;
