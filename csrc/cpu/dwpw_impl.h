@@ -196,10 +196,10 @@ inline void dw_cl_pixels(const DwpwShape& s, const typename Tr::T* x_img, const 
   for (int g = 0; g < G; ++g) acc[g] = Tr::zero();
   const int64_t C = s.c, step = s.sw * C;
   for (int64_t ky = ky0; ky < ky1; ++ky) {
-    const typename Tr::T* xrow = x_img + ((top + ky) * s.w + left) * C;
+    const typename Tr::T* xrow = x_img + (top + ky) * s.w * C;
     for (int64_t kx = kx0; kx < kx1; ++kx) {
       const V wv = Tr::load(wv_base + (ky * s.k + kx) * cp);
-      const typename Tr::T* src = xrow + kx * C;
+      const typename Tr::T* src = xrow + (left + kx) * C;  // left + kx >= 0 for kx >= kx0
       for (int g = 0; g < G; ++g) {
         const V xv = Masked ? Tr::load_mask(src + g * step, mask) : Tr::load(src + g * step);
         acc[g] = Tr::fma(wv, xv, acc[g]);
@@ -209,44 +209,52 @@ inline void dw_cl_pixels(const DwpwShape& s, const typename Tr::T* x_img, const 
   for (int g = 0; g < G; ++g) Tr::store(dst + g * cp, dwpw_activate<Tr>(Tr::fma(acc[g], scale, shift), s.mid_act));
 }
 
-// mid[(oy - oy0) * ow + ox][c] (rows of c_pad): a tap of W channels is one load of the NHWC input.
-template <class Tr, bool Masked>
-void dw_cl_vector(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const typename Tr::T* x_img,
-                  int64_t oy0, int64_t oy1, int64_t c0, typename Tr::M mask, typename Tr::T* mid) {
-  constexpr int G = 4;
-  const int64_t cp = s.c_pad();
-  const typename Tr::V scale = Tr::load(p.scale + c0), shift = Tr::load(p.shift + c0);
-  const typename Tr::T* wv = p.dw + c0;
-  // Output columns whose taps all lie inside the row: [in_lo, in_hi).
-  const int64_t in_lo = std::min(s.ow, (s.pw + s.sw - 1) / s.sw);
-  const int64_t in_hi = s.w - s.k + s.pw >= 0 ? std::min(s.ow, (s.w - s.k + s.pw) / s.sw + 1) : 0;
-  for (int64_t oy = oy0; oy < oy1; ++oy) {  // rows of the whole batch: image oy / oh, its row oy % oh
-    const typename Tr::T* xc = x_img + (oy / s.oh) * s.h * s.w * s.c + c0;
-    const int64_t top = (oy % s.oh) * s.sh - s.ph;
-    const int64_t ky0 = std::max<int64_t>(0, -top), ky1 = std::min<int64_t>(s.k, s.h - top);
-    typename Tr::T* row = mid + (oy - oy0) * s.ow * cp + c0;
-    auto single = [&](int64_t ox) {
-      const int64_t left = ox * s.sw - s.pw;
-      const int64_t kx0 = std::max<int64_t>(0, -left), kx1 = std::min<int64_t>(s.k, s.w - left);
-      dw_cl_pixels<Tr, 1, Masked>(s, xc, wv, cp, top, ky0, ky1, left, kx0, kx1, mask, scale, shift, row + ox * cp);
-    };
-    int64_t ox = 0;
-    for (; ox < std::min(in_lo, s.ow); ++ox) single(ox);
-    for (; ox + G <= in_hi; ox += G)
-      dw_cl_pixels<Tr, G, Masked>(s, xc, wv, cp, top, ky0, ky1, ox * s.sw - s.pw, 0, s.k, mask, scale, shift,
-                                  row + ox * cp);
-    for (; ox < s.ow; ++ox) single(ox);
+// G pixels starting at output column ox of one row, every channel vector (the pixels' channels are contiguous
+// in the NHWC input, so this walks it in address order).
+template <class Tr, int G>
+inline void dw_cl_run(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const typename Tr::T* xc, int64_t top,
+                      int64_t ky0, int64_t ky1, int64_t ox, int64_t kx0, int64_t kx1, typename Tr::T* row) {
+  constexpr int W = Tr::W;
+  const int64_t cp = s.c_pad(), full = s.c / W, left = ox * s.sw - s.pw;
+  typename Tr::T* dst = row + ox * cp;
+  for (int64_t v = 0; v < full; ++v) {
+    const int64_t c0 = v * W;
+    dw_cl_pixels<Tr, G, false>(s, xc + c0, p.dw + c0, cp, top, ky0, ky1, left, kx0, kx1, Tr::mask(W),
+                               Tr::load(p.scale + c0), Tr::load(p.shift + c0), dst + c0);
+  }
+  if (s.c % W) {  // lanes [c, c_pad) of the padded row: weights 0, inputs masked to 0
+    const int64_t c0 = full * W;
+    dw_cl_pixels<Tr, G, true>(s, xc + c0, p.dw + c0, cp, top, ky0, ky1, left, kx0, kx1, Tr::mask(s.c - c0),
+                              Tr::load(p.scale + c0), Tr::load(p.shift + c0), dst + c0);
   }
 }
 
+// mid[(oy - oy0) * ow + ox][c] (rows of c_pad): a tap of W channels is one load of the NHWC input. Rows count
+// through the batch: image oy / oh, its row oy % oh. Lanes [c, c_pad) past the last channel vector may stay
+// unwritten; the GEMM reads channels < c only.
 template <class Tr>
 void dw_cl(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const typename Tr::T* x_img, int64_t oy0,
            int64_t oy1, typename Tr::T* mid) {
-  constexpr int W = Tr::W;
-  const int64_t full = s.c / W;
-  for (int64_t v = 0; v < full; ++v) dw_cl_vector<Tr, false>(s, p, x_img, oy0, oy1, v * W, Tr::mask(W), mid);
-  if (s.c % W) dw_cl_vector<Tr, true>(s, p, x_img, oy0, oy1, full * W, Tr::mask(s.c % W), mid);
-  // Lanes [c, c_pad) of full vectors past the last one stay unwritten; the GEMM reads channels < c only.
+  constexpr int G = 4;
+  const int64_t cp = s.c_pad();
+  // Output columns whose taps all lie inside the row: [in_lo, in_hi).
+  const int64_t in_lo = std::min(s.ow, (s.pw + s.sw - 1) / s.sw);
+  const int64_t in_hi = s.w - s.k + s.pw >= 0 ? std::min(s.ow, (s.w - s.k + s.pw) / s.sw + 1) : 0;
+  for (int64_t oy = oy0; oy < oy1; ++oy) {
+    const typename Tr::T* xc = x_img + (oy / s.oh) * s.h * s.w * s.c;
+    const int64_t top = (oy % s.oh) * s.sh - s.ph;
+    const int64_t ky0 = std::max<int64_t>(0, -top), ky1 = std::min<int64_t>(s.k, s.h - top);
+    typename Tr::T* row = mid + (oy - oy0) * s.ow * cp;
+    auto single = [&](int64_t ox) {
+      const int64_t left = ox * s.sw - s.pw;
+      dw_cl_run<Tr, 1>(s, p, xc, top, ky0, ky1, ox, std::max<int64_t>(0, -left), std::min<int64_t>(s.k, s.w - left),
+                       row);
+    };
+    int64_t ox = 0;
+    for (; ox < in_lo; ++ox) single(ox);
+    for (; ox + G <= in_hi; ox += G) dw_cl_run<Tr, G>(s, p, xc, top, ky0, ky1, ox, 0, s.k, row);
+    for (; ox < s.ow; ++ox) single(ox);
+  }
 }
 
 // -------------------------------------------------------------------------------- channels_last pointwise
