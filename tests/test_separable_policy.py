@@ -20,6 +20,9 @@ from sparsecomp.nn._separable_policy import should_fuse
     (1, 512, 128, 7, 1, False, True),      # NCHW batch 1 fuses unless the output is much narrower
     (1, 960, 160, 7, 1, False, False),
     (8, 960, 160, 14, 2, False, False),    # stride 2 to 7x7 counts as a 7x7 map
+    (32, 1024, 1024, 7, 1, True, False),   # batch 32 at 7x7: product-bound, a tie: torch
+    (32, 960, 160, 7, 1, False, False),
+    (32, 128, 512, 7, 1, False, True),     # ... unless the pointwise widens a lot
 ])
 def test_measured_decisions(n, c, o, hw, stride, channels_last, expected):
     assert should_fuse(n, c, o, hw, hw, 3, stride, channels_last) is expected

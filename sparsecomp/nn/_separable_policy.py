@@ -14,7 +14,10 @@ torch 2.13 eager, minimum of interleaved repeats; the machine was shared, so rat
   only a wide output amortizes that against torch's batched 1x1 convolution. At batch 1 the same holds for
   outputs much narrower than the input (1024->128 0.94x, 960->160 0.86x-1.02x; 512->128 1.18x still wins).
 
-Below that, torch's two convolutions are used (DepthwiseSeparableConv2d says which in extra_repr).
+- At batch 32 and 7x7 both layouts are bound by the pointwise product, where the kernel only ties with torch's
+  batched 1x1 convolution (1024->1024 0.89x-1.10x, 960->160 0.81x-1.05x over repeated runs).
+
+Elsewhere torch's two convolutions are used (DepthwiseSeparableConv2d says which in extra_repr).
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ def should_fuse(n: int, c: int, o: int, h: int, w: int, k: int, stride: int, cha
     pixels = _out_size(h, k, stride) * _out_size(w, k, stride)
     if pixels > SMALL_MAP:
         return True
+    if n >= 32 and o < 4 * c:
+        return False
     if channels_last:
         return n * pixels > SMALL_MAP or c * o < LARGE_WEIGHT
     return o >= 1024 or o >= 4 * c or (n == 1 and 4 * o >= c)
