@@ -137,6 +137,14 @@ def test_large_tiles_and_channel_blocks(cpu_isa, gen):
             run_and_check(x, dw, sc, sh, pw, b, "relu", "none", [s, s], [p, p], cl)
 
 
+def test_channels_last_few_pixels_large_weight(cpu_isa, gen):
+    # Few pixels and a large pointwise weight: the channels_last path transposes the pixels around the NCHW
+    # product instead of packing the weight (DwpwShape::cl_transposed); odd O and C, pixel tails.
+    for (n, c, h, w, o, k, s) in [(1, 200, 3, 3, 301, 3, 1), (2, 97, 1, 2, 250, 3, 1), (1, 150, 5, 4, 203, 5, 2)]:
+        x, dw, sc, sh, pw, b = make(n, c, h, w, o, k, gen)
+        run_and_check(x, dw, sc, sh, pw, b, "relu", "relu6", [s, s], [k // 2, k // 2], True)
+
+
 def test_optional_arguments_and_2d_pointwise(cpu_isa, gen):
     for scale, shift, bias in itertools.product((False, True), repeat=3):
         x, dw, sc, sh, pw, b = make(2, 5, 7, 6, 9, 3, gen, scale=scale, shift=shift, bias=bias, pw_2d=scale)
@@ -165,9 +173,10 @@ def test_float64(gen):
 
 
 def test_thread_count_does_not_change_results(cpu_isa, gen):
-    # Batch 1 at 7x7 splits the output channels across threads, batch 3 the images, large images the rows:
+    # Batch 1 at 7x7 splits the output channels across threads, batch 3 the images, large images the rows (the
+    # last case takes the transposed channels_last path):
     # the kernel sums in a fixed order, so results must be bitwise identical.
-    cases = [(1, 96, 7, 7, 200, 3, 1), (3, 24, 30, 30, 40, 5, 2), (1, 300, 16, 61, 20, 3, 1)]
+    cases = [(1, 96, 7, 7, 200, 3, 1), (3, 24, 30, 30, 40, 5, 2), (1, 300, 16, 61, 20, 3, 1), (1, 200, 3, 3, 300, 3, 1)]
     before = torch.get_num_threads()
     try:
         for (n, c, h, w, o, k, s) in cases:

@@ -34,6 +34,11 @@ struct DwpwShape {
   int64_t sh, sw, ph, pw; // stride and zero padding
   DwpwAct mid_act, act;
   bool channels_last;
+  // channels_last through the NCHW micro-GEMM: the depthwise tile is transposed to [C][P], the product runs
+  // on torch's [O][C] weight in place and the [O][P] result is transposed into the NHWC output. The binding
+  // picks it when a call has so few pixels that transposing them costs less than packing the weight
+  // (batch 1 at 7x7 with C = O = 1024: 100K moved floats instead of 1M); pw is then torch's [O][C] layout.
+  bool cl_transposed = false;
 
   int64_t c_pad() const { return dwpw_round_up(c, kDwpwPad); }
   int64_t o_pad() const { return dwpw_round_up(o, kDwpwPad); }
@@ -50,7 +55,7 @@ struct DwpwShape {
 
   // Floats of scratch one tile of `rows` output rows needs.
   int64_t scratch_elems(int64_t rows) const {
-    if (channels_last) return rows * ow * c_pad();
+    if (channels_last) return rows * ow * c_pad() + (cl_transposed ? (c + o) * mid_ld(rows) : 0);
     return c * mid_ld(rows) + (in_rows(rows) * sw + sw) * phase_len();
   }
 };

@@ -158,31 +158,38 @@ void gemm_nchw(int64_t C, const typename Tr::T* mid, int64_t ld, const typename 
   }
 }
 
+// out[o * out_stride + j] for o in [o0, o1), j < P, from mid [C][ld] and torch's [O][C] weight.
 template <class Tr>
-void pw_nchw(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const typename Tr::T* mid, int64_t oy0,
-             int64_t oy1, int64_t o0, int64_t o1, typename Tr::T* out_img) {
+void pw_rows(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const typename Tr::T* mid, int64_t ld,
+             int64_t P, int64_t o0, int64_t o1, typename Tr::T* out, int64_t out_stride) {
   constexpr int W = Tr::W, NVM = Tr::kVecsNchw, MR = Tr::kRowsNchw;
-  const int64_t rows = oy1 - oy0, P = rows * s.ow, ld = s.mid_ld(rows), ohw = s.oh * s.ow;
   // Output channels in groups of MR (weights of the group stay in L1), all pixel chunks of the tile each.
   for (int64_t og = o0; og < o1; og += MR) {
     const int64_t rv = std::min<int64_t>(MR, o1 - og);
     const typename Tr::T* w = p.pw + og * s.c;
     const typename Tr::T* bias = p.bias + og;
-    typename Tr::T* out = out_img + og * ohw + oy0 * s.ow;
+    typename Tr::T* o = out + og * out_stride;
     // Pixel vectors in chunks of at most NVM, spread evenly (49 pixels: 2 + 2 vectors, not 3 + 1: a 1-vector
     // chunk loads 8 weights per 8 FMAs and is load-bound).
     const int64_t vecs = (P + W - 1) / W, chunks = (vecs + NVM - 1) / NVM;
     for (int64_t ci = 0, p0 = 0; ci < chunks; ++ci) {
       const int64_t nv = (vecs * (ci + 1)) / chunks - (vecs * ci) / chunks;
-      const int64_t rem = P - p0, n = std::min(rem, nv * W);
+      const int64_t n = std::min(P - p0, nv * W);
       switch (nv) {
-        case 1: gemm_nchw<Tr, 1>(s.c, mid + p0, ld, w, rv, bias, out + p0, ohw, n, s.act); break;
-        case 2: gemm_nchw<Tr, 2>(s.c, mid + p0, ld, w, rv, bias, out + p0, ohw, n, s.act); break;
-        default: gemm_nchw<Tr, NVM>(s.c, mid + p0, ld, w, rv, bias, out + p0, ohw, n, s.act);
+        case 1: gemm_nchw<Tr, 1>(s.c, mid + p0, ld, w, rv, bias, o + p0, out_stride, n, s.act); break;
+        case 2: gemm_nchw<Tr, 2>(s.c, mid + p0, ld, w, rv, bias, o + p0, out_stride, n, s.act); break;
+        default: gemm_nchw<Tr, NVM>(s.c, mid + p0, ld, w, rv, bias, o + p0, out_stride, n, s.act);
       }
       p0 += nv * W;
     }
   }
+}
+
+template <class Tr>
+void pw_nchw(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, const typename Tr::T* mid, int64_t oy0,
+             int64_t oy1, int64_t o0, int64_t o1, typename Tr::T* out_img) {
+  const int64_t rows = oy1 - oy0;
+  pw_rows<Tr>(s, p, mid, s.mid_ld(rows), rows * s.ow, o0, o1, out_img + oy0 * s.ow, s.oh * s.ow);
 }
 
 // ------------------------------------------------------------------------------- channels_last depthwise
@@ -366,7 +373,19 @@ void dwpw_tile_impl(const DwpwShape& s, const DwpwPacked<typename Tr::T>& p, con
   if (oy1 <= oy0 || o1 <= o0) return;
   if (s.channels_last) {
     dw_cl<Tr>(s, p, x_img, oy0, oy1, scratch);
-    pw_cl<Tr>(s, p, scratch, oy0, oy1, o0, o1, out_img);
+    if (!s.cl_transposed) return pw_cl<Tr>(s, p, scratch, oy0, oy1, o0, o1, out_img);
+    // Few pixels (see DwpwShape::cl_transposed): [P][c_pad] -> [C][ld], NCHW product, [O][ld] -> [P][O].
+    using T = typename Tr::T;
+    const int64_t P = (oy1 - oy0) * s.ow, cp = s.c_pad(), ld = s.mid_ld(oy1 - oy0), pz = dwpw_round_up(P, 16);
+    T* mid_t = scratch + P * cp;
+    T* out_t = mid_t + s.c * ld;
+    for (int64_t j = 0; j < P; ++j)
+      for (int64_t c = 0; c < s.c; ++c) mid_t[c * ld + j] = scratch[j * cp + c];
+    for (int64_t c = 0; c < s.c; ++c) std::fill(mid_t + c * ld + P, mid_t + c * ld + pz, T(0));
+    pw_rows<Tr>(s, p, mid_t, ld, P, o0, o1, out_t, ld);
+    T* out0 = out_img + oy0 * s.ow * s.o;
+    for (int64_t j = 0; j < P; ++j)
+      for (int64_t o = o0; o < o1; ++o) out0[j * s.o + o] = out_t[o * ld + j];
   } else {
     const int64_t rows = oy1 - oy0;
     typename Tr::T* mid = scratch;

@@ -50,7 +50,7 @@ template <typename T>
 cpu::DwpwPacked<T> pack_operands(const DwpwShape& s, const at::Tensor& dw, const at::Tensor& scale,
                                  const at::Tensor& shift, const at::Tensor& pw, const at::Tensor& bias) {
   const int64_t C = s.c, O = s.o, cp = s.c_pad(), op = s.o_pad(), kk = s.k * s.k;
-  const int64_t n_dw = s.channels_last ? kk * cp : 0, n_pw = s.channels_last ? op * C : 0;
+  const int64_t n_dw = s.channels_last ? kk * cp : 0, n_pw = s.channels_last && !s.cl_transposed ? op * C : 0;
   T* dwp = thread_buffer<T>(kPackedSlot, n_dw + 2 * cp + op + n_pw);
   T* sc = dwp + n_dw;
   T* sh = sc + cp;
@@ -66,9 +66,11 @@ cpu::DwpwPacked<T> pack_operands(const DwpwShape& s, const at::Tensor& dw, const
     sh[c] = c < C && shs ? shs[c] : T(0);
   }
   for (int64_t o = 0; o < op; ++o) bi[o] = o < O && bis ? bis[o] : T(0);
-  if (!s.channels_last) return {dws, sc, sh, pws, bi};
-  for (int64_t t = 0; t < kk; ++t)
-    for (int64_t c = 0; c < cp; ++c) dwp[t * cp + c] = c < C ? dws[c * kk + t] : T(0);
+  if (s.channels_last) {
+    for (int64_t t = 0; t < kk; ++t)
+      for (int64_t c = 0; c < cp; ++c) dwp[t * cp + c] = c < C ? dws[c * kk + t] : T(0);
+  }
+  if (!s.channels_last || s.cl_transposed) return {s.channels_last ? dwp : dws, sc, sh, pws, bi};
   const int64_t blocks = (op + cpu::kDwpwColBlock - 1) / cpu::kDwpwColBlock;
   const bool vector_pack = std::is_same_v<T, float> && cpu::active_isa() != cpu::Isa::Scalar;
   at::parallel_for(0, blocks, op * C < (1 << 16) ? blocks : 1, [&](int64_t b0, int64_t b1) {
@@ -157,7 +159,7 @@ at::Tensor dwpw_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& dw_weight,
                            const c10::optional<at::Tensor>& pw_bias, c10::string_view activation,
                            at::IntArrayRef stride, at::IntArrayRef padding) {
   constexpr const char* op = "sparsecomp::dwpw_conv2d";
-  const DwpwShape s = check_dwpw_conv2d_args(op, x_in, dw_weight, dw_scale, dw_shift, std::string(mid_activation),
+  DwpwShape s = check_dwpw_conv2d_args(op, x_in, dw_weight, dw_scale, dw_shift, std::string(mid_activation),
                                              pw_weight, pw_bias, std::string(activation), stride, padding);
   TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got x on ", x_in.device());
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
@@ -167,6 +169,9 @@ at::Tensor dwpw_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& dw_weight,
   at::Tensor out = at::empty({n, s.o, s.oh, s.ow}, x_in.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   const at::Tensor x = x_in.contiguous(fmt);
+  // channels_last with few pixels: transpose the pixels around the NCHW product rather than pack the weight
+  // when that moves several times fewer floats (the pixel transposes are scalar, the weight's 8 x 8 blocks).
+  s.cl_transposed = s.channels_last && 4 * n * s.oh * s.ow * (s.c + s.o) < s.c * s.o;
   const at::Tensor dw = dw_weight.contiguous();
   const at::Tensor pw = pw_weight.reshape({s.o, s.c}).contiguous();
   const at::Tensor scale = dw_scale.has_value() ? dw_scale->contiguous() : at::Tensor();

@@ -5,9 +5,9 @@ torch 2.13 eager, minimum of interleaved repeats; the machine was shared, so rat
 
 - Large feature maps (14x14 and up) win in both layouts at every batch (1.1x-3x): the depthwise result never
   makes its round trip through memory and the depthwise stage is cheaper than torch's.
-- channels_last at batch 1 with 7x7 maps and a large weight (C * O >= 256K, e.g. 512->512, 1024->1024) ties or
-  loses (0.92x-1.01x): the kernel transposes the pointwise weight on every call, which costs about as much as
-  the 49-pixel product saves.
+- channels_last at batch 1 with 7x7 maps and a large weight (C * O >= 256K, e.g. 512->512, 1024->1024) ties
+  (0.92x-1.01x packing the weight on every call, 1.03x-1.08x transposing the pixels instead): the product is
+  all there is, and it is only as fast as torch's.
 - NCHW with more than one image at 7x7 loses when the pointwise layer is narrow relative to its input
   (1024->128 0.85x, 512->128 0.90x, 960->160 0.83x, 512->512 0.97x) and wins when it widens (128->512 1.16x,
   512->1024 1.04x, 1024->1024 1.09x): its per-image 49-pixel tiles leave the micro-GEMM's vectors 77% full, and
