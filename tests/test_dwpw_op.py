@@ -145,6 +145,14 @@ def test_channels_last_few_pixels_large_weight(cpu_isa, gen):
         run_and_check(x, dw, sc, sh, pw, b, "relu", "relu6", [s, s], [k // 2, k // 2], True)
 
 
+def test_narrow_nchw_maps_run_the_channels_last_kernel(cpu_isa, gen):
+    # NCHW with output rows of <= 8 pixels and O <= C goes through a channels_last copy; the output is NCHW again.
+    for (n, c, h, w, o, k, s) in [(2, 40, 7, 7, 40, 3, 1), (3, 33, 20, 8, 5, 5, 1), (1, 17, 9, 15, 16, 3, 2)]:
+        x, dw, sc, sh, pw, b = make(n, c, h, w, o, k, gen)
+        y = run_and_check(x, dw, sc, sh, pw, b, "relu6", "hardswish", [s, s], [k // 2, k // 2])
+        assert y.is_contiguous()
+
+
 def test_optional_arguments_and_2d_pointwise(cpu_isa, gen):
     for scale, shift, bias in itertools.product((False, True), repeat=3):
         x, dw, sc, sh, pw, b = make(2, 5, 7, 6, 9, 3, gen, scale=scale, shift=shift, bias=bias, pw_2d=scale)
@@ -176,7 +184,8 @@ def test_thread_count_does_not_change_results(cpu_isa, gen):
     # Batch 1 at 7x7 splits the output channels across threads, batch 3 the images, large images the rows (the
     # last case takes the transposed channels_last path):
     # the kernel sums in a fixed order, so results must be bitwise identical.
-    cases = [(1, 96, 7, 7, 200, 3, 1), (3, 24, 30, 30, 40, 5, 2), (1, 300, 16, 61, 20, 3, 1), (1, 200, 3, 3, 300, 3, 1)]
+    cases = [(1, 96, 7, 7, 200, 3, 1), (3, 24, 30, 30, 40, 5, 2), (1, 300, 16, 61, 20, 3, 1), (1, 200, 3, 3, 300, 3, 1),
+             (2, 64, 7, 7, 32, 3, 1)]
     before = torch.get_num_threads()
     try:
         for (n, c, h, w, o, k, s) in cases:
