@@ -146,8 +146,10 @@ def test_channels_last_few_pixels_large_weight(cpu_isa, gen):
 
 
 def test_narrow_nchw_maps_run_the_channels_last_kernel(cpu_isa, gen):
-    # NCHW with output rows of <= 8 pixels and O <= C goes through a channels_last copy; the output is NCHW again.
-    for (n, c, h, w, o, k, s) in [(2, 40, 7, 7, 40, 3, 1), (3, 33, 20, 8, 5, 5, 1), (1, 17, 9, 15, 16, 3, 2)]:
+    # NCHW with output rows of <= 8 pixels and O <= C (or <= 16 and O <= C / 2) goes through a channels_last
+    # copy; the output is NCHW again.
+    for (n, c, h, w, o, k, s) in [(2, 40, 7, 7, 40, 3, 1), (3, 33, 20, 8, 5, 5, 1), (1, 17, 9, 15, 16, 3, 2),
+                                  (2, 41, 14, 14, 20, 3, 1)]:
         x, dw, sc, sh, pw, b = make(n, c, h, w, o, k, gen)
         y = run_and_check(x, dw, sc, sh, pw, b, "relu6", "hardswish", [s, s], [k // 2, k // 2])
         assert y.is_contiguous()

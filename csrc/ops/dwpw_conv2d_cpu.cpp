@@ -174,8 +174,10 @@ at::Tensor dwpw_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& dw_weight,
   // Narrow NCHW maps run the channels_last kernel on a channels_last copy and copy the result back: its
   // depthwise stage vectorizes over channels, where NCHW rows of 7 pixels leave most lanes idle (measured
   // 1 thread, 1024@7->128 batch 8: 1.22 ms this way vs 1.96 ms NCHW, torch 1.6 ms). The copies move
-  // C * H * W + O * OH * OW floats, so only where the output is not wider than the input (128@7->1024 lost).
-  const bool via_cl = !s.channels_last && s.ow <= kNchwViaClWidth && s.o <= s.c && s.c > 1;
+  // C * H * W + O * OH * OW floats, so only where the output is not wider than the input (128@7->1024 lost),
+  // and at 14 wide only for outputs at most half as wide (384@14->64 gained, 512@14->512 lost).
+  const bool via_cl = !s.channels_last && s.c > 1 &&
+                      ((s.ow <= kNchwViaClWidth && s.o <= s.c) || (s.ow <= 2 * kNchwViaClWidth && 2 * s.o <= s.c));
   s.channels_last = s.channels_last || via_cl;
   const auto fmt = s.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty({n, s.o, s.oh, s.ow}, x_in.options().memory_format(fmt));
