@@ -1,7 +1,7 @@
 // CPU binding of dwpw_conv2d: out = act(pw(mid_act(depthwise(x) * scale + shift)) + bias) in one pass.
 //
 // x NCHW-contiguous or channels_last (the output keeps that format); any other strides are first made
-// NCHW-contiguous. float32 runs the vector kernels of the active ISA; float64 runs the portable kernel (for
+// NCHW-contiguous, and narrow NCHW maps (7x7) run the channels_last kernel on a copy. float32 runs the vector kernels of the active ISA; float64 runs the portable kernel (for
 // gradcheck and float64 references). Work is split into tiles of (image, output rows, output-channel block),
 // each computing its depthwise tile into per-thread scratch that stays in L2 (csrc/cpu/dwpw.h).
 #include <ATen/ATen.h>
@@ -162,7 +162,7 @@ at::Tensor dwpw_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& dw_weight,
                            at::IntArrayRef stride, at::IntArrayRef padding) {
   constexpr const char* op = "sparsecomp::dwpw_conv2d";
   DwpwShape s = check_dwpw_conv2d_args(op, x_in, dw_weight, dw_scale, dw_shift, std::string(mid_activation),
-                                             pw_weight, pw_bias, std::string(activation), stride, padding);
+                                       pw_weight, pw_bias, std::string(activation), stride, padding);
   TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got x on ", x_in.device());
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
               ": x must be float32 or float64 on CPU, got ", x_in.scalar_type());
