@@ -1,8 +1,8 @@
 // CPU binding of dwpw_conv2d: out = act(pw(mid_act(depthwise(x) * scale + shift)) + bias) in one pass.
 //
 // x NCHW-contiguous or channels_last (the output keeps that format); any other strides are first made
-// NCHW-contiguous, and narrow NCHW maps (7x7) run the channels_last kernel on a copy. float32 runs the vector kernels of the active ISA; float64 runs the portable kernel (for
-// gradcheck and float64 references). Work is split into tiles of (image, output rows, output-channel block),
+// NCHW-contiguous, and narrow NCHW maps (7x7) run the channels_last kernel on a copy. float32 runs the vector
+// kernels of the active ISA; float64 runs the portable kernel (for gradcheck and float64 references). Work is split into tiles of (image, output rows, output-channel block),
 // each computing its depthwise tile into per-thread scratch that stays in L2 (csrc/cpu/dwpw.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
