@@ -2,8 +2,9 @@
 //
 // x NCHW-contiguous or channels_last (the output keeps that format); any other strides are first made
 // NCHW-contiguous, and narrow NCHW maps (7x7) run the channels_last kernel on a copy. float32 runs the vector
-// kernels of the active ISA; float64 runs the portable kernel (for gradcheck and float64 references). Work is split into tiles of (image, output rows, output-channel block),
-// each computing its depthwise tile into per-thread scratch that stays in L2 (csrc/cpu/dwpw.h).
+// kernels of the active ISA; float64 runs the portable kernel (for gradcheck and float64 references). Work is
+// split into tiles of (image, output rows, output-channel block), each computing its depthwise tile into
+// per-thread scratch that stays in L2 (csrc/cpu/dwpw.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
