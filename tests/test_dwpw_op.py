@@ -164,7 +164,8 @@ def test_optional_arguments_and_2d_pointwise(cpu_isa, gen):
 
 def test_noncontiguous_inputs(gen):
     x, dw, sc, sh, pw, b = make(2, 6, 14, 9, 7, 3, gen)
-    views = [x[:, :, ::2], x.transpose(2, 3), x[:, ::2], x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)[..., 1:]]
+    nhwc_cropped = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)[..., 1:]  # channels_last strides, cropped
+    views = [x[:, :, ::2], x.transpose(2, 3), x[:, ::2], nhwc_cropped]
     for v in views:
         c = v.shape[1]
         y = ops.dwpw_conv2d(v, dw[:c], sc[:c], sh[:c], "relu", pw[:, :c], b, "none", 1, 1)
