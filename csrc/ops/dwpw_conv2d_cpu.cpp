@@ -116,6 +116,16 @@ Tiling choose_tiling(const DwpwShape& s, int64_t n, int64_t elem_bytes, int64_t 
   const int64_t row_bytes = elem_bytes * s.ow * (s.channels_last ? s.c_pad() : s.c);
   const int64_t max_rows = std::clamp<int64_t>(kMidBudgetBytes / std::max<int64_t>(row_bytes, 1), 1, row_space);
   int64_t n_tiles = (row_space + max_rows - 1) / max_rows;
+  // Few tasks: make their count a multiple of the threads (3 tiles on 2 threads take as long as 4).
+  if (images * n_tiles < 8 * threads && (images * n_tiles) % threads != 0) {
+    for (int64_t more = n_tiles + 1; more <= std::min(row_space, n_tiles + threads); ++more) {
+      const int64_t rows = (row_space + more - 1) / more;
+      if ((images * ((row_space + rows - 1) / rows)) % threads == 0) {
+        n_tiles = more;
+        break;
+      }
+    }
+  }
   const int64_t g = s.o_granule(), granules = (s.o + g - 1) / g;
   int64_t n_ob = 1;
   if (images * n_tiles < threads) {
