@@ -44,6 +44,16 @@ TORCH_LIBRARY(sparsecomp, m) {
   // index k at stream bits [k * bits, (k + 1) * bits), stream bit i = bit i % 32 of word i / 32 (csrc/cpu/codebook.h).
   m.def("codebook_mm(Tensor x, Tensor packed_indices, Tensor codebook, Tensor? bias, int in_features, int bits)"
         " -> Tensor");
+
+  // Fused depthwise -> pointwise convolution (depthwise-separable block):
+  //   mid = mid_activation(conv2d(x, dw_weight, stride, padding, groups=C) * dw_scale[c] + dw_shift[c])
+  //   out = activation(conv2d(mid, pw_weight) + pw_bias)
+  // x [N, C, H, W] (NCHW or channels_last; the output keeps the format), dw_weight [C, 1, k, k] with k in
+  // {3, 5, 7}, dilation 1, stride in {1, 2}, padding in [0, k - 1]; dw_scale / dw_shift [C] (None: 1 / 0; a
+  // depthwise bias is a shift, folded BN a scale and a shift); pw_weight [O, C, 1, 1] or [O, C]; pw_bias [O].
+  // Activations: 'none' | 'relu' | 'relu6' | 'hardswish' (x * relu6(x + 3) / 6).
+  m.def("dwpw_conv2d(Tensor x, Tensor dw_weight, Tensor? dw_scale, Tensor? dw_shift, str mid_activation,"
+        " Tensor pw_weight, Tensor? pw_bias, str activation, int[2] stride, int[2] padding) -> Tensor");
 }
 
 namespace {

@@ -12,6 +12,7 @@ from .info import info
 from . import prune  # noqa: F401  (pruning algorithms)
 from .convert import convert  # noqa: F401  (sparsecomp.convert is the function from here on)
 from . import distill, dynamic  # noqa: F401  (knowledge distillation, early exit)
+from . import arch, models  # noqa: F401  (separable / low-rank replacement, MobileNets)
 from .io import compressed_size_report, load_compressed, save_compressed  # noqa: F401
 
 __version__ = "0.1.0"
@@ -19,3 +20,4 @@ __all__ = ["info", "nn", "formats", "ops", "__version__"]
 __all__ += ["prune", "convert"]
 __all__ += ["distill", "dynamic", "save_compressed", "load_compressed", "compressed_size_report"]
 __all__ += ["quantize"]
+__all__ += ["arch", "models"]

@@ -185,3 +185,112 @@ def _no_context(ctx, inputs, output):
 # The packed ops are inference kernels; without a registration autograd would only warn and return None grads.
 for _op in ("binary_linear", "binary_conv2d"):
     torch.library.register_autograd(f"sparsecomp::{_op}", _no_derivative(_op), setup_context=_no_context)
+
+
+# ---- fused depthwise -> pointwise convolution: semantics in csrc/sparsecomp.cpp, CPU kernel csrc/cpu/dwpw.h ----
+
+DWPW_ACTIVATIONS = ("none", "relu", "relu6", "hardswish")
+
+
+def dwpw_conv2d(x: torch.Tensor, dw_weight: torch.Tensor, dw_scale: torch.Tensor | None,
+                dw_shift: torch.Tensor | None, mid_activation: str, pw_weight: torch.Tensor,
+                pw_bias: torch.Tensor | None, activation: str, stride=(1, 1), padding=(0, 0)) -> torch.Tensor:
+    """``act(conv1x1(mid_act(conv2d(x, dw_weight, groups=C) * dw_scale + dw_shift), pw_weight) + pw_bias)``.
+
+    One pass: the depthwise result never goes to memory. ``dw_weight`` [C, 1, k, k] (k in 3, 5, 7), ``dw_scale``
+    / ``dw_shift`` [C] or None (1 / 0), ``pw_weight`` [O, C, 1, 1] or [O, C], ``pw_bias`` [O] or None,
+    activations in :data:`DWPW_ACTIVATIONS`, stride 1 or 2 and padding in [0, k - 1] per dimension. The output
+    keeps ``x``'s memory format (NCHW or channels_last). Differentiable in every tensor argument.
+    """
+    return _lib.dwpw_conv2d(x, dw_weight, dw_scale, dw_shift, mid_activation, pw_weight, pw_bias, activation,
+                            _pair(stride), _pair(padding))
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+
+
+@torch.library.register_fake("sparsecomp::dwpw_conv2d")
+def _dwpw_conv2d_fake(x, dw_weight, dw_scale, dw_shift, mid_activation, pw_weight, pw_bias, activation, stride,
+                      padding):
+    torch._check(x.dim() == 4, lambda: f"dwpw_conv2d: x must be 4-D [N, C, H, W], got {x.dim()}-D")
+    torch._check(dw_weight.dim() == 4 and dw_weight.shape[0] == x.shape[1] and dw_weight.shape[1] == 1,
+                 lambda: f"dwpw_conv2d: dw_weight must be [C, 1, k, k] with C = {x.shape[1]}")
+    torch._check(pw_weight.shape[1] == x.shape[1],
+                 lambda: f"dwpw_conv2d: pw_weight must have C = {x.shape[1]} input channels")
+    k = dw_weight.shape[2]
+    oh = conv_output_size(x.shape[2], k, stride[0], padding[0], 1)
+    ow = conv_output_size(x.shape[3], k, stride[1], padding[1], 1)
+    # the kernel's rule (csrc/ops/dwpw_checks.h): channels_last iff channels_last-contiguous and not NCHW-contiguous
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((x.shape[0], pw_weight.shape[0], oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _dwpw_act(name: str, t: torch.Tensor) -> torch.Tensor:
+    if name == "relu":
+        return torch.relu(t)
+    if name == "relu6":
+        return torch.nn.functional.relu6(t)
+    if name == "hardswish":
+        return torch.nn.functional.hardswish(t)
+    return t
+
+
+def _dwpw_act_backward(name: str, grad: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """grad * act'(pre) with torch's conventions at the kinks (relu' = 0 at 0, hardswish' = (2x + 3) / 6 on [-3, 3])."""
+    if name == "relu":
+        return torch.ops.aten.threshold_backward(grad, pre, 0)
+    if name == "relu6":
+        return torch.ops.aten.hardtanh_backward(grad, pre, 0.0, 6.0)
+    if name == "hardswish":
+        return torch.ops.aten.hardswish_backward(grad, pre)
+    return grad
+
+
+def _dwpw_conv2d_setup_context(ctx, inputs, output):
+    x, dw_weight, dw_scale, dw_shift, mid_activation, pw_weight, pw_bias, activation, stride, padding = inputs
+    ctx.save_for_backward(x, dw_weight, dw_scale, dw_shift, pw_weight, pw_bias)
+    ctx.mid_activation, ctx.activation = mid_activation, activation
+    ctx.stride, ctx.padding = list(stride), list(padding)
+
+
+def _dwpw_conv2d_backward(ctx, grad_out):
+    # Recomputes the forward with torch ops (depthwise conv, affine, activation, 1x1 conv) and differentiates
+    # by hand; training speed is torch's two-conv speed, the fused kernel is the inference path.
+    x, dw_weight, dw_scale, dw_shift, pw_weight, pw_bias = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    c = x.shape[1]
+    per_channel = (1, -1, 1, 1)
+    d = torch.nn.functional.conv2d(x, dw_weight, None, ctx.stride, ctx.padding, 1, c)
+    z = d if dw_scale is None else d * dw_scale.view(per_channel)
+    z = z if dw_shift is None else z + dw_shift.view(per_channel)
+    mid = _dwpw_act(ctx.mid_activation, z)
+    w2 = pw_weight.reshape(pw_weight.shape[0], c)
+    if ctx.activation == "none":
+        gy = grad_out
+    else:
+        y = torch.nn.functional.conv2d(mid, w2[:, :, None, None], pw_bias)
+        gy = _dwpw_act_backward(ctx.activation, grad_out, y)
+    g_pw = g_pb = g_x = g_dw = g_scale = g_shift = None
+    if needs[5]:
+        g_pw = torch.einsum("nohw,nchw->oc", gy, mid).reshape(pw_weight.shape)
+    if pw_bias is not None and needs[6]:
+        g_pb = gy.sum((0, 2, 3))
+    if any(needs[i] for i in (0, 1, 2, 3)):
+        g_mid = torch.nn.functional.conv2d(gy, w2.t()[:, :, None, None])
+        g_z = _dwpw_act_backward(ctx.mid_activation, g_mid, z)
+        if dw_shift is not None and needs[3]:
+            g_shift = g_z.sum((0, 2, 3))
+        if dw_scale is not None and needs[2]:
+            g_scale = (g_z * d).sum((0, 2, 3))
+        if needs[0] or needs[1]:
+            g_d = g_z if dw_scale is None else g_z * dw_scale.view(per_channel)
+            g_x, g_dw, _ = torch.ops.aten.convolution_backward(
+                g_d, x, dw_weight, None, ctx.stride, ctx.padding, [1, 1], False, [0, 0], c,
+                [bool(needs[0]), bool(needs[1]), False])
+    return g_x, g_dw, g_scale, g_shift, None, g_pw, g_pb, None, None, None
+
+
+torch.library.register_autograd("sparsecomp::dwpw_conv2d", _dwpw_conv2d_backward,
+                                setup_context=_dwpw_conv2d_setup_context)
