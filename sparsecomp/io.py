@@ -2,8 +2,9 @@
 
 Why an own format: ``torch.save`` pickles, and unpickling a file can run arbitrary code. This loader only
 parses JSON and copies little-endian numbers into tensors; nothing in the file is ever executed, and only
-the module types of a fixed registry (SparseLinear, SparseConv2d, BinaryLinear, BinaryConv2d, CodebookLinear,
-CodebookConv2d) can be built from it.
+the module types of a fixed registry (``_KINDS``: SparseLinear, SparseConv2d, BinaryLinear, BinaryConv2d,
+CodebookLinear, CodebookConv2d, RowSparseLinear, RowSparseConv2d, LowRankLinear, DepthwiseSeparableConv2d) can be
+built from it.
 
 File layout (all integers little-endian)::
 
@@ -51,6 +52,14 @@ replaced by a compressed module built from the header. So the usual round trip i
 training, ``load_compressed`` into it. Binary layers are stored as they are (``weight_bits`` int64 words,
 ``alpha``, optional ``scale`` and ``bias``, the latent ``weight`` only if it was kept); their packed bits are
 validated (shape, zero tail bits, equal to the latent weight's signs where one is stored) before any copy.
+
+The same holds for the layers ``sparsecomp.convert`` and ``sparsecomp.arch`` produce: RowSparseLinear /
+RowSparseConv2d (dense counterpart ``nn.Linear`` / ``nn.Conv2d`` with groups 1; ``rows`` validated as strictly
+increasing output indices; an existing one with another number of kept rows is rebuilt from the file),
+LowRankLinear (``nn.Linear``) and DepthwiseSeparableConv2d (an ``nn.Conv2d`` with groups 1, square kernel and
+stride, dilation 1, zero padding, as ``arch.separable`` replaces; its config carries each BatchNorm's eps,
+momentum and affine, and the running statistics travel in the state_dict). A module built in place of a dense
+layer takes that layer's training mode; an existing DepthwiseSeparableConv2d keeps its own ``fused`` setting.
 """
 from __future__ import annotations
 
@@ -70,7 +79,9 @@ from torch import nn
 from .formats.codebook import pack_indices, row_words
 from .formats.packed_bits import pack_signs, validate_packed
 from .formats.sparse import TILE_COLS, TiledCSR, num_col_tiles
-from .nn import BinaryConv2d, BinaryLinear, CodebookConv2d, CodebookLinear, SparseConv2d, SparseLinear
+from .nn import (BinaryConv2d, BinaryLinear, CodebookConv2d, CodebookLinear, DepthwiseSeparableConv2d, LowRankLinear,
+                 RowSparseConv2d, RowSparseLinear, SparseConv2d, SparseLinear)
+from .nn._activation import ACTIVATIONS
 from .quantize.huffman import huffman_decode, huffman_encode
 from .quantize.storage import decode_indices, encode_indices
 
@@ -333,6 +344,184 @@ def _build_codebook_conv(c: dict, device, dtype) -> CodebookConv2d:
                           c["per_channel"], c["zero_code"], device=device, dtype=dtype)
 
 
+# Architecture layers (sparsecomp.arch, sparsecomp.convert's structured choice). Their configs hold the constructor
+# arguments, so the file alone says which module to build in place of the dense layer it replaced.
+
+def _expect_pair(v, what: str, low: int) -> None:
+    if not isinstance(v, list) or len(v) != 2:
+        raise CorruptFileError(f"{what} must be a list of 2 integers, got {v!r}")
+    for x in v:
+        _expect_int(x, what, low=low)
+
+
+# RowSparseLinear / RowSparseConv2d: "kept" is the number of stored rows (the length of ``rows``); an existing
+# module of the kind with another count is replaced by one built from the file, as the nonzeros of a sparse one are
+# resized.
+def _row_sparse_linear_config(m: RowSparseLinear) -> dict:
+    return {**_dense_linear_config(m), "kept": m.rows.numel()}
+
+
+def _row_sparse_conv_config(m: RowSparseConv2d) -> dict:
+    return {**_dense_conv_config(m.conv), "out_channels": m.out_channels, "bias": m.bias is not None,
+            "kept": m.rows.numel()}
+
+
+def _check_row_sparse_linear_config(c: dict) -> None:
+    _expect_keys(c, {"in_features", "out_features", "bias", "kept"}, "RowSparseLinear config")
+    for k in ("in_features", "out_features"):
+        _expect_int(c[k], f"RowSparseLinear {k}", low=1)
+    if not isinstance(c["bias"], bool):
+        raise CorruptFileError("RowSparseLinear bias must be true/false")
+    if _expect_int(c["kept"], "RowSparseLinear kept") > c["out_features"]:
+        raise CorruptFileError(f"RowSparseLinear kept={c['kept']} > out_features={c['out_features']}")
+
+
+def _check_row_sparse_conv_config(c: dict) -> None:
+    what = "RowSparseConv2d"
+    _expect_keys(c, {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias",
+                     "padding_mode", "kept"}, f"{what} config")
+    for k in ("in_channels", "out_channels"):
+        _expect_int(c[k], f"{what} {k}", low=1)
+    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+        if not (k == "padding" and c[k] in ("same", "valid")):
+            _expect_pair(c[k], f"{what} {k}", low)
+    if not isinstance(c["bias"], bool) or c["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
+        raise CorruptFileError(f"{what} bias/padding_mode invalid")
+    if _expect_int(c["kept"], f"{what} kept") > c["out_channels"]:
+        raise CorruptFileError(f"{what} kept={c['kept']} > out_channels={c['out_channels']}")
+
+
+def _build_row_sparse_linear(c: dict, device, dtype) -> RowSparseLinear:
+    return RowSparseLinear(c["in_features"], c["out_features"], torch.arange(c["kept"]), c["bias"], device=device,
+                           dtype=dtype)
+
+
+def _build_row_sparse_conv(c: dict, device, dtype) -> RowSparseConv2d:
+    # Built on the meta device: the full-size conv it is made from is only a template (no memory, no init); the
+    # values, rows included, come from the file.
+    padding = c["padding"] if isinstance(c["padding"], str) else tuple(c["padding"])
+    template = nn.Conv2d(c["in_channels"], c["out_channels"], tuple(c["kernel_size"]), tuple(c["stride"]), padding,
+                         tuple(c["dilation"]), bias=c["bias"], padding_mode=c["padding_mode"], device="meta",
+                         dtype=dtype)
+    return RowSparseConv2d(template, torch.arange(c["kept"])).to_empty(device=device)
+
+
+def _validate_rows(rowsparse: dict, state: dict) -> None:
+    """The kept rows index the output (index_copy): in range and strictly increasing (no duplicate scatter)."""
+    for name, m in rowsparse.items():
+        rows = state[(f"{name}." if name else "") + "rows"]
+        size = m.out_features if isinstance(m, RowSparseLinear) else m.out_channels
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= size or bool((rows[1:] <= rows[:-1]).any())):
+            raise CorruptFileError(f"module {name!r}: rows must be strictly increasing indices in [0, {size})")
+
+
+# LowRankLinear: U [out, rank] and V [rank, in] are plain parameters; the SVD's kept_energy is a report, not saved.
+def _low_rank_config(m: LowRankLinear) -> dict:
+    return {"in_features": m.in_features, "out_features": m.out_features, "rank": m.rank, "bias": m.bias is not None}
+
+
+def _check_low_rank_config(c: dict) -> None:
+    _expect_keys(c, {"in_features", "out_features", "rank", "bias"}, "LowRankLinear config")
+    for k in ("in_features", "out_features", "rank"):
+        _expect_int(c[k], f"LowRankLinear {k}", low=1)
+    if c["rank"] > min(c["in_features"], c["out_features"]):
+        raise CorruptFileError(f"LowRankLinear rank={c['rank']} > min(in_features, out_features)")
+    if not isinstance(c["bias"], bool):
+        raise CorruptFileError("LowRankLinear bias must be true/false")
+
+
+# DepthwiseSeparableConv2d: constructor arguments (padding resolved to two ints) plus, per BatchNorm, null or its
+# eps / momentum / affine (from_modules copies a user's BN, so these need not be the defaults; eps changes the output).
+# "fused" is a run-time choice, not data: an existing module keeps its own.
+_SEPARABLE_KEYS = {"in_channels", "out_channels", "kernel_size", "stride", "padding", "bias", "dw_bias",
+                   "mid_activation", "activation", "fused", "bn", "pw_bn"}
+
+
+def _bn_config(bn, what: str) -> dict | None:
+    if bn is None:
+        return None
+    if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats or bn.running_mean is None:
+        raise TypeError(f"{what} must be an nn.BatchNorm2d tracking running statistics to be saved, got {bn!r}")
+    return {"eps": float(bn.eps), "momentum": None if bn.momentum is None else float(bn.momentum),
+            "affine": bn.affine}
+
+
+def _separable_config(m: DepthwiseSeparableConv2d) -> dict:
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
+            "stride": m.stride, "padding": list(m.padding), "bias": m.pw_bias is not None,
+            "dw_bias": m.dw_bias is not None, "mid_activation": m.mid_activation, "activation": m.activation,
+            "fused": m.fused, "bn": _bn_config(m.bn, "bn"), "pw_bn": _bn_config(m.pw_bn, "pw_bn")}
+
+
+def _dense_separable_config(m: nn.Conv2d) -> dict | None:
+    """The conv ``arch.separable`` replaces: groups 1, square kernel and stride, dilation 1, zero padding."""
+    (k, k2), (s, s2) = m.kernel_size, m.stride
+    if m.groups != 1 or k != k2 or s != s2 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
+        return None
+    if isinstance(m.padding, str):
+        if m.padding == "same" and k % 2 == 0:
+            return None  # torch pads an even kernel asymmetrically: no DepthwiseSeparableConv2d padding does that
+        padding = [k // 2, k // 2] if m.padding == "same" else [0, 0]
+    else:
+        padding = list(m.padding)
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": k, "stride": s,
+            "padding": padding, "bias": m.bias is not None}
+
+
+def _check_bn_config(b, what: str) -> None:
+    if b is None:
+        return
+    _expect_keys(b, {"eps", "momentum", "affine"}, what)
+    for k in ("eps", "momentum"):
+        v = b[k]
+        if k == "momentum" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
+                k == "eps" and v == 0):
+            raise CorruptFileError(f"{what} {k} must be a finite {'positive' if k == 'eps' else 'non-negative'} "
+                                   f"number, got {v!r}")
+    if not isinstance(b["affine"], bool):
+        raise CorruptFileError(f"{what} affine must be true/false")
+
+
+def _check_separable_config(c: dict) -> None:
+    what = "DepthwiseSeparableConv2d"
+    _expect_keys(c, _SEPARABLE_KEYS, f"{what} config")
+    for k in ("in_channels", "out_channels", "kernel_size", "stride"):
+        _expect_int(c[k], f"{what} {k}", low=1)
+    _expect_pair(c["padding"], f"{what} padding", 0)
+    for k in ("bias", "dw_bias"):
+        if not isinstance(c[k], bool):
+            raise CorruptFileError(f"{what} {k} must be true/false")
+    for k in ("mid_activation", "activation"):
+        if c[k] not in ACTIVATIONS:
+            raise CorruptFileError(f"{what} {k} must be one of {ACTIVATIONS}, got {c[k]!r}")
+    if not (c["fused"] == "auto" or isinstance(c["fused"], bool)):
+        raise CorruptFileError(f"{what} fused must be 'auto', true or false, got {c['fused']!r}")
+    _check_bn_config(c["bn"], f"{what} bn")
+    _check_bn_config(c["pw_bn"], f"{what} pw_bn")
+
+
+def _build_separable(c: dict, device, dtype) -> DepthwiseSeparableConv2d:
+    m = DepthwiseSeparableConv2d(c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"],
+                                 tuple(c["padding"]), c["bias"], c["mid_activation"], c["activation"], c["fused"],
+                                 dw_bias=c["dw_bias"], device=device, dtype=dtype)
+    for attr, channels in (("bn", c["in_channels"]), ("pw_bn", c["out_channels"])):
+        b = c[attr]
+        if b is not None:
+            setattr(m, attr, nn.BatchNorm2d(channels, b["eps"], b["momentum"], b["affine"], device=device,
+                                            dtype=dtype))
+    return m
+
+
+def _separable_dense_params(c: dict) -> int:
+    """The k x k conv it stands for, plus its own biases and BN affine parameters."""
+    bn = sum(2 * n for b, n in ((c["bn"], c["in_channels"]), (c["pw_bn"], c["out_channels"]))
+             if b is not None and b["affine"])
+    return (c["out_channels"] * c["in_channels"] * c["kernel_size"] ** 2 + (c["out_channels"] if c["bias"] else 0)
+            + (c["in_channels"] if c["dw_bias"] else 0) + bn)
+
+
 @dataclass(frozen=True)
 class _Kind:
     cls: type
@@ -343,6 +532,8 @@ class _Kind:
     build: object  # (dict, device, dtype) -> module
     dense_params: object  # dict -> int
     flexible: tuple = ()  # config keys an existing module of this kind may differ in (its loader adapts)
+    resizable: tuple = ()  # config keys where an existing module that differs is replaced by a build from the file
+    runtime: tuple = ()  # config keys that are run-time choices: an existing module keeps its own
 
 
 _KINDS = {
@@ -379,9 +570,29 @@ _KINDS = {
         _build_codebook_conv,
         lambda c: c["out_channels"] * (c["in_channels"] // c["groups"]) * math.prod(c["kernel_size"])
         + (c["out_channels"] if c["bias"] else 0)),
+    "RowSparseLinear": _Kind(
+        RowSparseLinear, nn.Linear, _row_sparse_linear_config, _dense_linear_config, _check_row_sparse_linear_config,
+        _build_row_sparse_linear,
+        lambda c: c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0),
+        resizable=("kept",)),
+    "RowSparseConv2d": _Kind(
+        RowSparseConv2d, nn.Conv2d, _row_sparse_conv_config, _dense_conv_config, _check_row_sparse_conv_config,
+        _build_row_sparse_conv,
+        lambda c: c["in_channels"] * c["out_channels"] * math.prod(c["kernel_size"])
+        + (c["out_channels"] if c["bias"] else 0),
+        resizable=("kept",)),
+    "LowRankLinear": _Kind(
+        LowRankLinear, nn.Linear, _low_rank_config, _dense_linear_config, _check_low_rank_config,
+        lambda c, device, dtype: LowRankLinear(c["in_features"], c["out_features"], c["rank"], c["bias"],
+                                               device=device, dtype=dtype),
+        lambda c: c["in_features"] * c["out_features"] + (c["out_features"] if c["bias"] else 0)),
+    "DepthwiseSeparableConv2d": _Kind(
+        DepthwiseSeparableConv2d, nn.Conv2d, _separable_config, _dense_separable_config, _check_separable_config,
+        _build_separable, _separable_dense_params, runtime=("fused",)),
 }
 _SPARSE_KINDS = ("SparseLinear", "SparseConv2d")
 _CODEBOOK_KINDS = ("CodebookLinear", "CodebookConv2d")
+_ROW_SPARSE_KINDS = ("RowSparseLinear", "RowSparseConv2d")
 
 
 def _kind_of(module: nn.Module) -> str | None:
@@ -544,10 +755,18 @@ def _encode(t: torch.Tensor, compress: bool) -> tuple[str, dict]:
 def _dense_params(model: nn.Module, modules: dict) -> int:
     """Weights of the equivalent dense model: compressed modules count their full dense shape."""
     compressed = set(modules)
+
+    def inside(owner: str) -> bool:  # owned by a compressed module or one of its submodules (a RowSparseConv2d's
+        while True:                  # conv, a separable conv's BNs): the kind's count covers those
+            if owner in compressed:
+                return True
+            if not owner:
+                return False
+            owner = owner.rpartition(".")[0]
+
     total = 0
     for name, p in model.named_parameters():
-        owner = name.rpartition(".")[0]
-        if owner not in compressed and p.is_floating_point():
+        if not inside(name.rpartition(".")[0]) and p.is_floating_point():
             total += p.numel()
     return total + sum(_KINDS[m["kind"]].dense_params(m["config"]) for m in modules.values())
 
@@ -899,10 +1118,17 @@ def _build(kind: _Kind, name: str, config: dict, device, dtype) -> nn.Module:
         raise CorruptFileError(f"module {name!r}: cannot build {kind.cls.__name__} from {config}: {err}") from None
 
 
+def _device_dtype(module: nn.Module):
+    t = next((t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), None)
+    return (None, None) if t is None else (t.device, t.dtype)
+
+
 def _plan_swaps(into: nn.Module, modules: dict) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-    """(swaps, prototypes): fresh compressed modules for the names where ``into`` still holds the dense layer,
-    and the modules whose state_dict the file must match (the swaps, plus a fresh build from the file for
-    existing modules of a kind with flexible optional members; the others are ``into``'s own)."""
+    """(swaps, prototypes): fresh compressed modules for the names where ``into`` still holds the dense layer (or a
+    module of the kind that differs in a resizable config key), and the modules whose state_dict the file must match
+    (the swaps, plus a fresh build from the file for existing modules of a kind with flexible optional members; the
+    others are ``into``'s own). A swap takes the training mode of the module it replaces (BatchNorm inside a
+    separable conv computes differently in each)."""
     swaps, prototypes = {}, {}
     for name, m in modules.items():
         kind = _KINDS[m["kind"]]
@@ -910,26 +1136,37 @@ def _plan_swaps(into: nn.Module, modules: dict) -> tuple[dict[str, nn.Module], d
             current = into.get_submodule(name)
         except AttributeError:
             raise ModelMismatchError(f"into has no module {name!r}; the file has a {m['kind']} there") from None
+        replace = False
         if type(current) is kind.cls:
-            mine = {k: v for k, v in kind.config(current).items() if k not in kind.flexible}
-            theirs = {k: v for k, v in m["config"].items() if k not in kind.flexible}
+            try:
+                config = kind.config(current)
+            except TypeError as err:
+                raise ModelMismatchError(f"module {name!r}: {err}") from None
+            loose = (*kind.flexible, *kind.resizable, *kind.runtime)
+            mine = {k: v for k, v in config.items() if k not in loose}
+            theirs = {k: v for k, v in m["config"].items() if k not in loose}
             if mine != theirs:
-                raise ModelMismatchError(f"module {name!r}: into's {m['kind']} {kind.config(current)} differs from "
+                raise ModelMismatchError(f"module {name!r}: into's {m['kind']} {config} differs from "
                                          f"the file's {m['config']}")
-            if kind.flexible:
-                prototypes[name] = _build(kind, name, m["config"], current.alpha.device, current.alpha.dtype)
+            replace = any(config[k] != m["config"][k] for k in kind.resizable)
+            if kind.flexible and not replace:
+                prototypes[name] = _build(kind, name, m["config"], *_device_dtype(current))
         elif isinstance(current, kind.dense_cls):
             dense = kind.dense_config(current)
             if dense is None or any(m["config"].get(k, object()) != v for k, v in dense.items()):
                 raise ModelMismatchError(f"module {name!r}: into's {type(current).__name__} does not match the "
                                          f"file's {m['kind']} {m['config']}")
-            if name == "":
-                raise ModelMismatchError(f"into itself must be a {m['kind']} (a root module cannot be replaced)")
-            w = current.weight
-            swaps[name] = prototypes[name] = _build(kind, name, m["config"], w.device, w.dtype)
+            replace = True
         else:
             raise ModelMismatchError(f"module {name!r}: into has a {type(current).__name__}, the file has a "
                                      f"{m['kind']} (or its dense {kind.dense_cls.__name__}) there")
+        if replace:
+            if name == "":
+                raise ModelMismatchError(f"into itself must be a {m['kind']} like the file's {m['config']} (a root "
+                                         f"module cannot be replaced)")
+            new = _build(kind, name, m["config"], *_device_dtype(current))
+            new.train(current.training)
+            swaps[name] = prototypes[name] = new
     return swaps, prototypes
 
 
@@ -944,10 +1181,10 @@ def _expected_state(into: nn.Module, prototypes: dict, modules: dict) -> dict[st
     return expected
 
 
-def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dict, dict]:
+def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dict, dict, dict, dict]:
     """Names, dtypes and shapes of the file (from its header, before any payload is decoded, so a mismatched
-    file allocates nothing) against ``into`` with the planned swaps; returns the sparse and the binary modules
-    (or their prototypes) by name."""
+    file allocates nothing) against ``into`` with the planned swaps; returns the sparse, binary, codebook and
+    row-sparse modules (or their prototypes) by name."""
     expected = _expected_state(into, prototypes, header["modules"])
     entries = {e["name"]: e for e in header["tensors"]}
     missing, unexpected = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
@@ -955,7 +1192,7 @@ def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dic
         parts = [f"{what} {names[:8]}{'...' if len(names) > 8 else ''}"
                  for what, names in (("missing from the file:", missing), ("not in into:", unexpected)) if names]
         raise ModelMismatchError(f"state_dict names differ; {'; '.join(parts)}")
-    sparse, binary, codebook = {}, {}, {}
+    sparse, binary, codebook, rowsparse = {}, {}, {}, {}
     for name, m in into.named_modules():
         m = prototypes.get(name, m)
         if isinstance(m, (SparseLinear, SparseConv2d)):
@@ -964,6 +1201,8 @@ def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dic
             binary[name] = m
         elif isinstance(m, (CodebookLinear, CodebookConv2d)):
             codebook[name] = m
+        elif isinstance(m, (RowSparseLinear, RowSparseConv2d)):
+            rowsparse[name] = m
     # values/col_idx of sparse modules have the file's nonzero count (the module resizes), at most rows * cols
     resizable = {(f"{n}." if n else "") + k: math.prod(m._weight_shape) for n, m in sparse.items()
                  for k in ("values", "col_idx")}
@@ -981,7 +1220,7 @@ def _check_against(into: nn.Module, prototypes: dict, header: dict) -> tuple[dic
                                          f"{resizable[key]} nonzeros")
         elif shape != tuple(want.shape):
             raise ModelMismatchError(f"{key!r}: file shape {shape} != into's {tuple(want.shape)}")
-    return sparse, binary, codebook
+    return sparse, binary, codebook, rowsparse
 
 
 def _validate_sparse(sparse: dict, state: dict) -> None:
@@ -1037,9 +1276,10 @@ def load_compressed(path, into: nn.Module) -> nn.Module:
         raise TypeError(f"into must be an nn.Module (the model skeleton to load into), got {type(into).__name__}")
     data, header, start = _load(path)
     swaps, prototypes = _plan_swaps(into, header["modules"])
-    sparse, binary, codebook = _check_against(into, prototypes, header)
+    sparse, binary, codebook, rowsparse = _check_against(into, prototypes, header)
     state = _decode_all(path, data, start, header)
     _validate_sparse(sparse, state)
+    _validate_rows(rowsparse, state)
     _validate_binary(binary, state)
     _validate_codebook(codebook, state)
     # Transaction: the checks above make failure here unexpected (a custom module's own loader check); if it
@@ -1073,6 +1313,8 @@ def _classify(name: str, part: str, enc: str, modules: dict) -> str:
             return "indices"
         if leaf == "packed_indices":
             return "codes"
+        if leaf == "rows" and modules[owner]["kind"] in _ROW_SPARSE_KINDS:
+            return "indices"
     lowered = leaf.lower()
     if "codebook" in lowered:
         return "codebooks"
