@@ -9,7 +9,8 @@ torch 2.13 eager, interleaved repeats; the machine was shared, so ratios within 
   run the channels_last kernel (NCHW inputs whose output is not wider than the input are converted to it):
   it wins where the weight is small next to the pixels (960->160 1.09x-1.25x, 1024->128 1.12x-1.88x at batch
   8 and 32) and ties with a large weight (C * O >= 256K) at batch 1 (1024->1024 1.01x-1.06x: packing the
-  weight costs what the fusion saves) and at batch 32 (0.93x-1.18x). Widening NCHW layers (O > C) keep the
+  weight costs what the fusion saves) and at batch 32 (0.93x-1.18x). At batch 8 a large weight wins in
+  channels_last (1.14x, 2 threads) but not from NCHW, where the layout copies cost it (0.95x, 2 threads). Widening NCHW layers (O > C) keep the
   NCHW kernel: 128->1024 wins at batch 1 (1.2x-1.6x), ties at 8 (1.00x-1.16x) and loses at 32 (0.82x).
 
 Elsewhere torch's two convolutions are used (DepthwiseSeparableConv2d says which in extra_repr).
@@ -33,6 +34,8 @@ def should_fuse(n: int, c: int, o: int, h: int, w: int, k: int, stride: int, cha
     pixels = _out_size(h, k, stride) * _out_size(w, k, stride)
     if pixels > SMALL_MAP:
         return True
-    if channels_last or o <= c:  # the channels_last kernel
+    if channels_last:
         return c * o < LARGE_WEIGHT or (n * pixels > SMALL_MAP and n < LARGE_BATCH)
+    if o <= c:  # NCHW run through the channels_last kernel: the layout copies eat the batch-8 win of a large weight
+        return c * o < LARGE_WEIGHT
     return n < LARGE_BATCH
