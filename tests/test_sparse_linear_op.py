@@ -181,6 +181,27 @@ def test_forward_independent_of_thread_count(gen):
         assert_close_fp(y, x, w, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_streamed_sample_tiles(cpu_isa, dtype, gen):
+    """Many samples (a conv's im2col rows): threads split the sample tiles, each packing its own (the binding
+    switches at 4 tiles per thread). Odd batch (partial last tile), odd K, empty rows, any thread count."""
+    w = random_pruned(37, 363, 0.676, dtype, gen, empty_rows=3)
+    v, ci, rp = to_csr(w)
+    b = torch.randn(37, generator=gen, dtype=dtype)
+    x = torch.randn(1000 + 37, 363, generator=gen, dtype=dtype)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(op(x, v, ci, rp, b, 363))
+    finally:
+        torch.set_num_threads(before)
+    assert_close_fp(outs[0], x, w, b)
+    for other in outs[1:]:
+        assert torch.equal(outs[0], other)
+
+
 def test_forward_does_not_modify_inputs(gen):
     w = random_pruned(20, 30, 0.5, torch.float32, gen)
     v, ci, rp = to_csr(w)

@@ -1,5 +1,7 @@
 // CPU binding of the sparse_linear ops: checks, layout changes (batch transposes), threading over
 // nnz-balanced row chunks, and the choice of kernel (GEMV vs. batch-tiled SpMM, ISA).
+#include <vector>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,6 +16,8 @@ using namespace cpu_binding;
 // Batches up to this size run one GEMV per sample (weights are streamed once per sample; below this the
 // batch-tiled kernel wastes most of each vector on padding).
 constexpr int64_t kGemvMaxBatch = 2;
+// From this many sample tiles per thread, threads split the samples (each packs its own tiles) instead of rows.
+constexpr int64_t kStreamTilesPerThread = 4;
 
 template <typename T>
 void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Tensor& out) {
@@ -43,6 +47,21 @@ void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Ten
   const int64_t cols = w.cols;
   auto tile_bt = [&](int64_t t) { return std::min(tile, batch - t * tile); };
   auto tile_ld = [&](int64_t t) { return padded_width(isa, tile_bt(t)); };
+  if (n_tiles >= kStreamTilesPerThread * at::get_num_threads()) {
+    // Many samples (a conv's im2col rows): each task packs its own tile into a per-thread buffer and runs every
+    // row on it while the tile is hot in L1/L2. Packing the whole input first would write (and page-fault) a
+    // buffer as large as x and read it back from memory: at 24200x363 that was 80% of the time.
+    at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
+      thread_local std::vector<T> scratch;
+      if (static_cast<int64_t>(scratch.size()) < cols * tile) scratch.resize(cols * tile);
+      for (int64_t t = begin; t < end; ++t) {
+        cpu::pack_transposed_portable<T>(xp + t * tile * cols, cols, tile_bt(t), scratch.data(), tile_ld(t), 0, cols);
+        const cpu::DenseTile<T> xs{scratch.data(), tile_ld(t), tile_ld(t), tile_bt(t)};
+        spmm<T>(isa, w, xs, bias, cpu::OutTile<T>{yp + t * tile * rows, rows, 1}, 0, rows);
+      }
+    });
+    return;
+  }
   at::Tensor xt = at::empty({n_tiles * cols * tile}, x.options());
   T* xtp = xt.data_ptr<T>();
   constexpr int64_t kPackCols = 256;

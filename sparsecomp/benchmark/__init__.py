@@ -9,8 +9,8 @@ one module plus one registry entry (the CLI, ``sparsecomp bench all`` and ``make
 - ``finalize(args, parser) -> args``: defaults (--quick grid) and validation, ``parser.error(...)`` on bad input;
 - ``run(args, command, progress=True) -> int``: runs the grid (tqdm bar), prints the table, writes ``args.out``.
 
-Modules: harness (fair timing, result check), crossover, machine, presets, args, sparse / binary / codebook
-(suites), sparse_methods / binary_methods (their contenders), plot, results (RESULTS.md writer), cost_model.
+Modules: harness (fair timing, result check), crossover, machine, presets, args, sparse / binary / codebook /
+separable (suites), sparse_methods / binary_methods (their contenders), plot, results (RESULTS.md writer), cost_model.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ SUITES: dict[str, str] = {
     "sparse": "sparsecomp.benchmark.sparse",
     "binary": "sparsecomp.benchmark.binary",
     "codebook": "sparsecomp.benchmark.codebook",
+    "separable": "sparsecomp.benchmark.separable",
 }
 
 
