@@ -184,17 +184,18 @@ def test_forward_independent_of_thread_count(gen):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_streamed_sample_tiles(cpu_isa, dtype, gen):
     """Many samples (a conv's im2col rows): threads split the sample tiles, each packing its own (the binding
-    switches at 4 tiles per thread). Odd batch (partial last tile), odd K, empty rows, any thread count."""
-    w = random_pruned(37, 363, 0.676, dtype, gen, empty_rows=3)
+    switches at 4 tiles per thread and a packed input over 8 MiB). Odd batch (partial last tile), odd K, empty
+    rows, any thread count."""
+    w = random_pruned(37, 1501, 0.676, dtype, gen, empty_rows=3)
     v, ci, rp = to_csr(w)
     b = torch.randn(37, generator=gen, dtype=dtype)
-    x = torch.randn(1000 + 37, 363, generator=gen, dtype=dtype)
+    x = torch.randn(1500 + 37, 1501, generator=gen, dtype=dtype)  # 25 tiles x 1501 x 64 x 4 B = 9.6 MB
     before = torch.get_num_threads()
     try:
         outs = []
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            outs.append(op(x, v, ci, rp, b, 363))
+            outs.append(op(x, v, ci, rp, b, 1501))
     finally:
         torch.set_num_threads(before)
     assert_close_fp(outs[0], x, w, b)

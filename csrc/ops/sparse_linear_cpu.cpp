@@ -16,8 +16,10 @@ using namespace cpu_binding;
 // Batches up to this size run one GEMV per sample (weights are streamed once per sample; below this the
 // batch-tiled kernel wastes most of each vector on padding).
 constexpr int64_t kGemvMaxBatch = 2;
-// From this many sample tiles per thread, threads split the samples (each packs its own tiles) instead of rows.
+// Threads split the samples (each packing its own tiles) instead of rows once the whole packed input would
+// outgrow the caches (measured: 24200x363 gains 30%, 3025x363 loses 25%) and every thread gets a few tiles.
 constexpr int64_t kStreamTilesPerThread = 4;
+constexpr int64_t kStreamPackedBytes = int64_t(8) << 20;
 
 template <typename T>
 void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Tensor& out) {
@@ -47,7 +49,8 @@ void forward(const at::Tensor& x, const SparseRows<T>& w, const T* bias, at::Ten
   const int64_t cols = w.cols;
   auto tile_bt = [&](int64_t t) { return std::min(tile, batch - t * tile); };
   auto tile_ld = [&](int64_t t) { return padded_width(isa, tile_bt(t)); };
-  if (n_tiles >= kStreamTilesPerThread * at::get_num_threads()) {
+  if (n_tiles >= kStreamTilesPerThread * at::get_num_threads() &&
+      n_tiles * cols * tile * static_cast<int64_t>(sizeof(T)) > kStreamPackedBytes) {
     // Many samples (a conv's im2col rows): each task packs its own tile into a per-thread buffer and runs every
     // row on it while the tile is hot in L1/L2. Packing the whole input first would write (and page-fault) a
     // buffer as large as x and read it back from memory: at 24200x363 that was 80% of the time.
