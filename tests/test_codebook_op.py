@@ -9,8 +9,8 @@ from sparsecomp.formats.codebook import dequantize, pack_indices, row_words, unp
 
 from conftest import assert_within_bound, linear_l2, ref_linear
 
-# in_features: below one vector, odd, not a multiple of 16 (or of 32 / bits), several groups.
-COLS = (1, 7, 33, 100, 259)
+# in_features: below one vector, odd, not a multiple of 16 (or of 32 / bits), one and several 128-index blocks.
+COLS = (1, 7, 33, 100, 128, 259)
 # batches: empty, GEMV (1, odd, > one 8-sample pass), dequantize + GEMM (> 16 at 6..8 bits, > 32 below).
 BATCHES = (0, 1, 3, 9, 17, 33, 40)
 
