@@ -147,6 +147,24 @@ def _dense_conv_config(m: nn.Conv2d) -> dict | None:
             "padding_mode": m.padding_mode}
 
 
+def _expect_pair(v, what: str, low: int) -> None:
+    if not isinstance(v, list) or len(v) != 2:
+        raise CorruptFileError(f"{what} must be a list of 2 integers, got {v!r}")
+    for x in v:
+        _expect_int(x, what, low=low)
+
+
+def _expect_conv_geometry(c: dict, what: str, groups: bool = False) -> None:
+    """kernel_size / stride / dilation (pairs >= 1), padding (a pair >= 0 or 'same' / 'valid'), and with ``groups``
+    channel counts divisible by it: what every conv kind's config shares."""
+    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+        if not (k == "padding" and c[k] in ("same", "valid")):
+            _expect_pair(c[k], f"{what} {k}", low)
+    if groups and (c["in_channels"] % c["groups"] or c["out_channels"] % c["groups"]):
+        raise CorruptFileError(f"{what}: channels {c['in_channels']}, {c['out_channels']} not divisible by groups "
+                               f"{c['groups']}")
+
+
 def _check_linear_config(c: dict) -> None:
     _expect_keys(c, {"in_features", "out_features", "bias"}, "SparseLinear config")
     for k in ("in_features", "out_features"):
@@ -160,13 +178,7 @@ def _check_conv_config(c: dict) -> None:
                      "padding_mode"}, "SparseConv2d config")
     for k in ("in_channels", "out_channels"):
         _expect_int(c[k], f"SparseConv2d {k}")
-    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
-        if k == "padding" and c[k] in ("same", "valid"):
-            continue
-        if not isinstance(c[k], list) or len(c[k]) != 2:
-            raise CorruptFileError(f"SparseConv2d {k} must be a list of 2 integers")
-        for v in c[k]:
-            _expect_int(v, f"SparseConv2d {k}", low=low)
+    _expect_conv_geometry(c, "SparseConv2d")
     if not isinstance(c["bias"], bool) or c["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
         raise CorruptFileError("SparseConv2d bias/padding_mode invalid")
 
@@ -230,16 +242,7 @@ def _check_binary_conv_config(c: dict) -> None:
                      "padding_mode", "activation", *_BINARY_FLAGS}, f"{what} config")
     for k in ("in_channels", "out_channels", "groups"):
         _expect_int(c[k], f"{what} {k}", low=1)
-    if c["in_channels"] % c["groups"] or c["out_channels"] % c["groups"]:
-        raise CorruptFileError(f"{what}: channels {c['in_channels']}, {c['out_channels']} not divisible by groups "
-                               f"{c['groups']}")
-    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
-        if k == "padding" and c[k] in ("same", "valid"):
-            continue
-        if not isinstance(c[k], list) or len(c[k]) != 2:
-            raise CorruptFileError(f"{what} {k} must be a list of 2 integers")
-        for v in c[k]:
-            _expect_int(v, f"{what} {k}", low=low)
+    _expect_conv_geometry(c, what, groups=True)
     if c["padding_mode"] not in ("zeros", "ones"):
         raise CorruptFileError(f"{what} padding_mode must be 'zeros' or 'ones', got {c['padding_mode']!r}")
     _check_binary_flags(c, what)
@@ -317,16 +320,7 @@ def _check_codebook_conv_config(c: dict) -> None:
                      "padding_mode", "bits", *_CODEBOOK_FLAGS}, f"{what} config")
     for k in ("in_channels", "out_channels", "groups"):
         _expect_int(c[k], f"{what} {k}", low=1)
-    if c["in_channels"] % c["groups"] or c["out_channels"] % c["groups"]:
-        raise CorruptFileError(f"{what}: channels {c['in_channels']}, {c['out_channels']} not divisible by groups "
-                               f"{c['groups']}")
-    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
-        if k == "padding" and c[k] in ("same", "valid"):
-            continue
-        if not isinstance(c[k], list) or len(c[k]) != 2:
-            raise CorruptFileError(f"{what} {k} must be a list of 2 integers")
-        for v in c[k]:
-            _expect_int(v, f"{what} {k}", low=low)
+    _expect_conv_geometry(c, what, groups=True)
     if c["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
         raise CorruptFileError(f"{what} padding_mode invalid: {c['padding_mode']!r}")
     _check_codebook_flags(c, what)
@@ -346,13 +340,6 @@ def _build_codebook_conv(c: dict, device, dtype) -> CodebookConv2d:
 
 # Architecture layers (sparsecomp.arch, sparsecomp.convert's structured choice). Their configs hold the constructor
 # arguments, so the file alone says which module to build in place of the dense layer it replaced.
-
-def _expect_pair(v, what: str, low: int) -> None:
-    if not isinstance(v, list) or len(v) != 2:
-        raise CorruptFileError(f"{what} must be a list of 2 integers, got {v!r}")
-    for x in v:
-        _expect_int(x, what, low=low)
-
 
 # RowSparseLinear / RowSparseConv2d: "kept" is the number of stored rows (the length of ``rows``); an existing
 # module of the kind with another count is replaced by one built from the file, as the nonzeros of a sparse one are
@@ -382,9 +369,7 @@ def _check_row_sparse_conv_config(c: dict) -> None:
                      "padding_mode", "kept"}, f"{what} config")
     for k in ("in_channels", "out_channels"):
         _expect_int(c[k], f"{what} {k}", low=1)
-    for k, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
-        if not (k == "padding" and c[k] in ("same", "valid")):
-            _expect_pair(c[k], f"{what} {k}", low)
+    _expect_conv_geometry(c, what)
     if not isinstance(c["bias"], bool) or c["padding_mode"] not in ("zeros", "reflect", "replicate", "circular"):
         raise CorruptFileError(f"{what} bias/padding_mode invalid")
     if _expect_int(c["kept"], f"{what} kept") > c["out_channels"]:
