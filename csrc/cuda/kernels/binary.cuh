@@ -50,6 +50,8 @@
 
 #include <cstdint>
 
+#include "value_types.cuh"
+
 namespace sparsecomp {
 namespace cuda {
 namespace binary {
@@ -112,25 +114,6 @@ constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxGridX = 2147483647;
 
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // The sign bit of the contract: v >= 0 (so -0.0 gives 1 and NaN 0), compared in v's own precision (half and
 // bfloat16 widen exactly; a double is not narrowed, which could turn -1e-300 into -0.0).

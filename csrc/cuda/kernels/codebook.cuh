@@ -20,6 +20,8 @@
 
 #include <cstdint>
 
+#include "value_types.cuh"
+
 namespace sparsecomp {
 namespace cuda {
 
@@ -36,32 +38,6 @@ struct CodebookView {
 };
 
 namespace codebook_detail {
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) {
-  return static_cast<float>(v);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) {
-  return __half2float(v);
-}
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v) {
-  return static_cast<T>(v);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // Index k of a packed row; never reads past the row's last word.
 __device__ __forceinline__ uint32_t index_at(const uint32_t* row, int64_t row_words, int64_t k, int bits) {

@@ -27,6 +27,8 @@
 
 #include <cstdint>
 
+#include "value_types.cuh"
+
 namespace sparsecomp {
 namespace cuda {
 
@@ -61,25 +63,6 @@ constexpr int kSpmmChunk = 32;  // nonzeros of a row staged in shared memory at 
 constexpr int kSddmmThreads = 128;
 constexpr int kScatterThreads = 128;
 constexpr int64_t kMaxGridY = 65535;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // N consecutive elements moved as one aligned vector access (ld/st.v2/v4).
 template <typename T, int N>
