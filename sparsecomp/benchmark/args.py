@@ -83,6 +83,14 @@ def sparsity(text: str) -> float:
 sparsity_list = comma_list(sparsity, "sparsity")
 
 
+def suite_parser(doc: str, add_arguments, default_out: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """A suite's stand-alone parser: its module docstring's first paragraph as description, its own options."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p, default_out)
+    return p
+
+
 def add_common(p: argparse.ArgumentParser, *, dtypes=tuple(DTYPES), default_out: str) -> None:
     """The options every suite takes: --device --dtype --threads --repeats --warmup --seed --quick --out."""
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -87,10 +87,7 @@ def finalize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
 
 
 def build_parser(prog: str | None = None, default_out: str = "sparsecomp-bench/binary") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p, default_out)
-    return p
+    return A.suite_parser(__doc__, add_arguments, default_out, prog)
 
 
 def parse_args(argv: list[str], default_out: str = "sparsecomp-bench/binary") -> argparse.Namespace:

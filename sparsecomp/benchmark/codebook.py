@@ -59,10 +59,7 @@ def finalize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
 
 
 def build_parser(prog: str | None = None, default_out: str = "sparsecomp-bench/codebook") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p, default_out)
-    return p
+    return A.suite_parser(__doc__, add_arguments, default_out, prog)
 
 
 def run_sweep(args, progress: bool = True) -> list[dict]:
